@@ -49,6 +49,22 @@ class SiteKind(StrEnum):
     EDGE = "edge"  # 边缘
 
 
+class SoftwareStack(StrEnum):
+    """What a workload is built for; a CUDA job cannot run on CANN."""
+
+    CUDA = "cuda"  # NVIDIA
+    CANN = "cann"  # Huawei Ascend
+    ROCM_DTK = "rocm-dtk"  # AMD ROCm and Hygon DTK
+    NEUWARE = "neuware"  # Cambricon
+    KUNLUN_XPU = "kunlun-xpu"  # Kunlunxin XPU SDK
+    CPU = "cpu"  # CPU-only (the pool's CPU architecture must match)
+
+
+class CpuArchitecture(StrEnum):
+    X86_64 = "x86_64"
+    AARCH64 = "aarch64"
+
+
 class DeviceKind(StrEnum):
     CPU = "cpu"
     GPU = "gpu"

@@ -27,17 +27,20 @@ FEN = Decimal("0.01")
 
 def to_fen(value: Decimal) -> Decimal:
     """The named rounding point: ``value`` rounded to the fen, half away from zero."""
-    return _decimal(value, "value").quantize(FEN, rounding=ROUND_HALF_UP)
+    return as_decimal(value, "value").quantize(FEN, rounding=ROUND_HALF_UP)
 
 
 def is_fen_exact(value: Decimal) -> bool:
     """Whether ``value`` is a whole number of fen (e.g. 1.20 or 1.2, not 1.205)."""
-    value = _decimal(value, "value")
+    value = as_decimal(value, "value")
     return value == value.quantize(FEN, rounding=ROUND_HALF_UP)
 
 
-def _decimal(value: object, name: str) -> Decimal:
-    """``value`` as a finite Decimal; floats (and bools) are refused."""
+def as_decimal(value: object, name: str) -> Decimal:
+    """``value`` (a Decimal, int or numeric string) as a finite Decimal.
+
+    Floats and bools are refused with ``TypeError`` naming ``name``; anything
+    that is not a finite number raises ``ValueError``."""
     if isinstance(value, float):
         raise TypeError(
             f"{name} must be a Decimal, str or int, not a float ({value!r}); floats cannot hold fen exactly"
@@ -75,7 +78,7 @@ class Money:
     currency: str
 
     def __init__(self, amount: Decimal | str | int, currency: str = CNY) -> None:
-        object.__setattr__(self, "amount", _decimal(amount, "amount"))
+        object.__setattr__(self, "amount", as_decimal(amount, "amount"))
         object.__setattr__(self, "currency", _currency(currency))
 
     @classmethod
@@ -157,7 +160,7 @@ class Money:
         """
         if not self.is_fen_exact:
             raise ValueError(f"only a fen-exact amount can be allocated, not {self.amount}")
-        weights = [Fraction(_decimal(ratio, "ratio")) for ratio in ratios]
+        weights = [Fraction(as_decimal(ratio, "ratio")) for ratio in ratios]
         if not weights:
             raise ValueError("allocate needs at least one ratio")
         if any(weight < 0 for weight in weights):

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from health_check.views import HealthCheckView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path(
+        "health/",
+        HealthCheckView.as_view(checks=["health_check.checks.Database", "core.health.Broker"]),
+        name="health",
+    ),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/", include("marketplace.api.urls")),
+]

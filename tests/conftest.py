@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests marked ``postgres`` or ``redis`` need the real
+servers: under CI (CI=true or CX_REQUIRE_SERVICES=1) a missing server is a
+failure, elsewhere the test is skipped with the reason."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from tests import factories
+
+REQUIRE_SERVICES = os.environ.get("CI", "").lower() in {"1", "true", "yes"} or os.environ.get(
+    "CX_REQUIRE_SERVICES", ""
+).lower() in {"1", "true", "yes"}
+
+
+def _missing(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (required under CI)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _required_services(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("postgres") and connection.vendor != "postgresql":
+        _missing("needs PostgreSQL: set DATABASE_URL=postgres://...")
+    if request.node.get_closest_marker("redis"):
+        broker = os.environ.get("CELERY_BROKER_URL", "")
+        if not broker.startswith("redis://"):
+            _missing("needs Redis: set CELERY_BROKER_URL=redis://...")
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+def client_for(user: object) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user=user)
+    return client
+
+
+@pytest.fixture
+def operator(db):
+    return factories.operator()
+
+
+@pytest.fixture
+def buyer(db):
+    return factories.buyer()
+
+
+@pytest.fixture
+def provider(db):
+    return factories.provider(verified=True)

@@ -1,0 +1,91 @@
+"""Test data made the way users make it: through the services."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+from marketplace import services
+from marketplace.domain.credit_code import with_check_character
+from marketplace.models import DeviceModel, Organisation, ResourcePool, Site, User
+
+_serial = itertools.count(1)
+PASSWORD = "a-long-test-passphrase-42"
+
+
+def credit_code(region: str = "110108") -> str:
+    """A valid Unified Social Credit Code, unique within the test run."""
+    return with_check_character(f"91{region}{next(_serial):09d}")
+
+
+def _register(category: str, *, city: str = "beijing", home_hub: str = "", is_sme: bool = False, name: str = ""):
+    n = next(_serial)
+    _organisation, user = services.organisation_register(
+        name=name or f"{category.title()} {n}",
+        credit_code=credit_code(),
+        category=category,
+        city=city,
+        username=f"{category}-{n}",
+        password=PASSWORD,
+        home_hub=home_hub,
+        is_sme=is_sme,
+    )
+    return user
+
+
+def buyer(*, category: str = "enterprise", city: str = "beijing", is_sme: bool = True) -> User:
+    return _register(category, city=city, is_sme=is_sme and category == "enterprise")
+
+
+def operator() -> User:
+    n = next(_serial)
+    org = Organisation.objects.create(
+        name=f"Platform operator {n}",
+        credit_code=credit_code(),
+        category="government",
+        city="beijing",
+        is_operator=True,
+        verification_status="verified",
+    )
+    return services.operator_create(organisation=org, username=f"operator-{n}", password=PASSWORD)
+
+
+def provider(*, verified: bool = True, home_hub: str = "GZ", city: str = "guiyang") -> User:
+    user = _register("provider", city=city, home_hub=home_hub)
+    if verified:
+        services.provider_verify(organisation=user.organisation, actor=operator())
+        user.organisation.refresh_from_db()
+    return user
+
+
+def site(user: User, **overrides) -> Site:
+    values = {
+        "name": "Gui'an intelligent computing centre",
+        "hub": "GZ",
+        "city": "guian",
+        "kind": "intelligent",
+        "pue": Decimal("1.20"),
+        "green_share": Decimal("0.6000"),
+    }
+    values.update(overrides)
+    return services.site_create(provider=user.organisation, actor=user, **values)
+
+
+def device(code: str) -> DeviceModel:
+    return DeviceModel.objects.get(code=code)
+
+
+def pool(user: User, site_: Site, **overrides) -> ResourcePool:
+    values = {
+        "name": "H800 training pool",
+        "node_count": 4,
+        "cpu_model": DeviceModel.objects.filter(kind="cpu", architecture="x86_64").order_by("code").first(),
+        "cpu_cores_per_node": 96,
+        "memory_gb_per_node": 1024,
+        "storage_gb_per_node": 7680,
+        "network_gbps": 400,
+        "accelerator_model": DeviceModel.objects.filter(software_stack="cuda").order_by("code").first(),
+        "accelerators_per_node": 8,
+    }
+    values.update(overrides)
+    return services.pool_create(site=site_, actor=user, **values)

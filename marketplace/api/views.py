@@ -490,7 +490,7 @@ class ResolveView(APIView):
 
     permission_classes = [AllowAny]
 
-    @extend_schema(responses={200: inline_serializer("Resolved", {"kind": serializers.CharField()})})
+    @extend_schema(responses={200: inline_serializer("Resolved", {"entity": serializers.CharField()})})
     def get(self, request: Request, identifier: str) -> Response:
         try:
             found = selectors.resolve_identifier(text=identifier, user=request.user)
@@ -498,7 +498,7 @@ class ResolveView(APIView):
             raise InvalidInput(str(exc), field="identifier") from None
         if isinstance(found, Organisation):
             body = {
-                "kind": "provider",
+                "entity": "provider",
                 "identifier": found.identifier,
                 "name": found.name,
                 "home_hub": found.home_hub,
@@ -510,14 +510,14 @@ class ResolveView(APIView):
             }
         elif isinstance(found, Site):
             body = {
-                "kind": "site",
+                "entity": "site",
                 **SiteOutput(found).data,
                 "pools": list(
                     selectors.pools_visible_to(request.user).filter(site=found).values_list("identifier", flat=True)
                 ),
             }
         else:
-            body = {"kind": "pool", **PoolOutput(found).data, "provider_identifier": found.site.provider.identifier}
+            body = {"entity": "pool", **PoolOutput(found).data, "provider_identifier": found.site.provider.identifier}
         return Response(body)
 
 

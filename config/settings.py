@@ -112,7 +112,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
@@ -130,6 +130,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "HubEnum": "marketplace.models.HUB_CHOICES",
+        "CityEnum": "marketplace.models.CITY_CHOICES",
+        "CpuArchitectureEnum": "marketplace.models.ARCHITECTURE_CHOICES",
+        "SoftwareStackEnum": "marketplace.models.STACK_CHOICES",
+    },
 }
 
 # Celery: Redis when CELERY_BROKER_URL is set, otherwise an embedded

@@ -21,6 +21,8 @@ from marketplace.domain.units import (
 
 HUB_CHOICES = [(code, f"{hub.name_zh} {hub.name_en}") for code, hub in HUBS.items()]
 CITY_CHOICES = [(code, f"{city.name_zh} {city.name_en}") for code, city in CITIES.items()]
+STACK_CHOICES = [(s.value, s.value) for s in SoftwareStack]
+ARCHITECTURE_CHOICES = [(a.value, a.value) for a in CpuArchitecture]
 # China's 2022 national grid average emission factor (MEE, 0.5703 tCO2/MWh).
 NATIONAL_GRID_FACTOR = Decimal("0.5703")
 
@@ -102,9 +104,9 @@ class DeviceModel(models.Model):
     name = models.CharField(max_length=120)
     vendor = models.CharField(max_length=64)
     kind = models.CharField(max_length=8, choices=[(k.value, k.name) for k in DeviceKind])
-    architecture = models.CharField(max_length=16, blank=True, choices=[(a.value, a.value) for a in CpuArchitecture])
+    architecture = models.CharField(max_length=16, blank=True, choices=ARCHITECTURE_CHOICES)
     domestic = models.BooleanField(default=False, help_text="Chinese-designed (信创)")
-    software_stack = models.CharField(max_length=16, choices=[(s.value, s.value) for s in SoftwareStack])
+    software_stack = models.CharField(max_length=16, choices=STACK_CHOICES)
     fp64_tflops = models.DecimalField(max_digits=10, decimal_places=3)
     fp32_tflops = models.DecimalField(max_digits=10, decimal_places=3)
     fp16_tflops = models.DecimalField(max_digits=10, decimal_places=3)
@@ -199,8 +201,8 @@ class ResourcePool(models.Model):
     )
     accelerators_per_node = models.PositiveIntegerField(default=0)
     sharing_allowed = models.BooleanField(default=False, help_text="Sells slices of one accelerator")
-    software_stack = models.CharField(max_length=16, choices=[(s.value, s.value) for s in SoftwareStack])
-    cpu_architecture = models.CharField(max_length=16, choices=[(a.value, a.value) for a in CpuArchitecture])
+    software_stack = models.CharField(max_length=16, choices=STACK_CHOICES)
+    cpu_architecture = models.CharField(max_length=16, choices=ARCHITECTURE_CHOICES)
     compute_class = models.CharField(max_length=16, choices=[(c.value, c.name.title()) for c in ComputeClass])
     benchmark_factor = models.DecimalField(
         max_digits=4,

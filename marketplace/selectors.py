@@ -31,7 +31,7 @@ def organisations_visible_to(user: User) -> QuerySet[Organisation]:
     """Operators see every organisation; everyone else only their own."""
     if _is_operator(user):
         return Organisation.objects.all()
-    return Organisation.objects.filter(pk=user.organisation_id)
+    return Organisation.objects.filter(pk=getattr(user, "organisation_id", None))
 
 
 def market_visible_q(prefix: str = "") -> Q:

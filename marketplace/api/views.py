@@ -29,6 +29,8 @@ from marketplace.domain.units import (
     unit_precision,
 )
 from marketplace.models import (
+    CITY_CHOICES,
+    HUB_CHOICES,
     Category,
     DeviceModel,
     Organisation,
@@ -80,8 +82,8 @@ class RegisterView(APIView):
         credit_code = serializers.CharField(max_length=40, help_text="Unified Social Credit Code, 18 characters")
         category = serializers.ChoiceField(choices=Category.choices)
         is_sme = serializers.BooleanField(default=False)
-        city = serializers.ChoiceField(choices=sorted(CITIES))
-        home_hub = serializers.ChoiceField(choices=list(HUBS), required=False, allow_blank=True, default="")
+        city = serializers.ChoiceField(choices=CITY_CHOICES)
+        home_hub = serializers.ChoiceField(choices=HUB_CHOICES, required=False, allow_blank=True, default="")
         username = serializers.CharField(max_length=150)
         password = serializers.CharField(write_only=True, max_length=128)
         email = serializers.EmailField(required=False, allow_blank=True, default="")
@@ -266,8 +268,8 @@ class SiteListView(APIView):
 
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
-        hub = serializers.ChoiceField(choices=list(HUBS))
-        city = serializers.ChoiceField(choices=sorted(CITIES))
+        hub = serializers.ChoiceField(choices=HUB_CHOICES)
+        city = serializers.ChoiceField(choices=CITY_CHOICES)
         kind = serializers.ChoiceField(choices=[k.value for k in SiteKind])
         pue = _decimal_field(min_value=Decimal("1.0"), max_value=Decimal("3.0"))
         green_share = _decimal_field(min_value=Decimal(0), max_value=Decimal(1))

@@ -193,6 +193,10 @@ def slice_ncu(shape: PoolShape, *, accelerator_thousandths: int = 0, cores: int 
     whole device) on an accelerated pool, or cores on a CPU-only pool."""
     if accelerator_thousandths < 0 or cores < 0:
         raise ValueError("a slice cannot be negative")
+    if shape.accelerated and cores:
+        raise ValueError("an accelerated pool sells accelerator thousandths, not cores")
+    if not shape.accelerated and accelerator_thousandths:
+        raise ValueError("a CPU-only pool has no accelerators to slice")
     if shape.accelerated:
         return ncu_per_accelerator(shape) * accelerator_thousandths / 1000
     return ncu_per_core(shape) * cores

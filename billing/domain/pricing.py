@@ -129,6 +129,14 @@ def _aware(moment: datetime, name: str) -> datetime:
     return moment
 
 
+def _pricing_type(value: str) -> PricingType:
+    try:
+        return PricingType(value)
+    except ValueError:
+        choices = ", ".join(PricingType)
+        raise PricingError(f"pricing type must be one of {choices}, not {value!r}.", field="pricing_type") from None
+
+
 def _set(instance: object, name: str, value: object) -> None:
     object.__setattr__(instance, name, value)
 
@@ -255,7 +263,7 @@ class PriceRules:
         if price != lock_price(price):
             raise PricingError(f"list_price {price} has more than ten decimal places.", field="list_price")
         _set(self, "list_price", price)
-        _set(self, "pricing_type", PricingType(self.pricing_type))
+        _set(self, "pricing_type", _pricing_type(self.pricing_type))
         commitment = tuple(self.commitment_tiers)
         _check_tiers([t.min_hours for t in commitment], [t.discount for t in commitment], "commitment_tiers")
         _set(self, "commitment_tiers", commitment)
@@ -437,7 +445,7 @@ class LockedPrice:
         price = _at_least(self.unit_price, "unit_price")
         if price != lock_price(price):
             raise PricingError(f"a locked unit price has at most ten decimal places, not {price}.", field="unit_price")
-        _set(self, "pricing_type", PricingType(self.pricing_type))
+        _set(self, "pricing_type", _pricing_type(self.pricing_type))
         _set(self, "unit_price", price)
         _set(self, "commission_rate", _share(self.commission_rate, "commission_rate"))
         _set(self, "volume_tiers", _volume_tiers(self.volume_tiers))

@@ -292,6 +292,9 @@ def test_commission_rates_come_from_the_callers_mapping_per_provider_category():
 def test_bad_rules_and_inputs_are_refused_with_a_reason():
     with pytest.raises(TypeError, match="float"):
         PriceRules(list_price=1.5)  # type: ignore[arg-type]
+    with pytest.raises(PricingError, match="on_demand, reserved, interruptible"):
+        PriceRules(list_price=D(1), pricing_type="spot")  # type: ignore[arg-type]
+    assert PriceRules(list_price=D(1), pricing_type="reserved").pricing_type is PricingType.RESERVED  # type: ignore[arg-type]
     with pytest.raises(PricingError, match="ten decimal places"):
         PriceRules(list_price=D("0.00000000001"))
     with pytest.raises(PricingError, match="increasing"):

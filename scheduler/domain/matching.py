@@ -1,0 +1,1295 @@
+"""The matching engine: filter → score → assign, with a reason for every pool refused.
+
+Pure Python over the frozen dataclasses of :mod:`scheduler.domain.demand`
+(numpy for the vectorised filter; no Django). Entry points:
+
+* :func:`schedule_cycle` — one batch cycle: queued jobs, offers and current
+  leases in; assignments, preemptions, one backfill reservation and a reason
+  for every job left pending out;
+* :func:`quote` — the best few placements for a job spec without submitting;
+* :func:`explain` / :func:`check_submission` — why a job fits nowhere
+  (``0/120 pools fit: 71 wrong software stack, 30 over price cap, 19 outside
+  allowed hubs``); a job that fits no pool even in an empty market is refused
+  at submission (:class:`JobNeverFits`).
+
+**Filter.** Pools are partitioned by software stack and kept as numpy arrays
+(one entry per pool), so the hard constraints of one job are checked against
+thousands of pools in a few dozen array operations instead of a Python loop:
+stack, CPU architecture, device model or capacity, domestic chips, verified
+provider, allowed hubs, latency from the buyer's city, interruptible-only
+offers, accelerator sharing, node size, memory, gang size against the nodes
+offered, lease length, offer window and deadline, price caps — each pool
+refused for the first failing one (:class:`~scheduler.domain.demand.Reason`).
+Then, per pool, a summary of free capacity *now* (how many nodes have at
+least k whole free devices, the largest free share of any device, the most
+free CPU and memory on a node) rejects pools that cannot possibly take the job
+in O(1). The survivors are tried in score order with the exact checks:
+:func:`~scheduler.domain.demand.static_reason` again (Decimal, no float) and
+the per-node packing of :mod:`scheduler.domain.packing` (all nodes of a gang
+or none). Every assignment therefore satisfies every hard constraint exactly.
+
+**Time.** Each node keeps its commitments (leases, this cycle's assignments,
+backfill reservations) as [start, end) windows. A placement over [s, e) must
+fit the *least* free capacity of the node over [s, e), computed per resource
+and per accelerator (the demand is constant over the window, so this is exact:
+it fits at every instant iff it fits the minimum). So capacity is never
+overbooked in any time slot, on any node, on any accelerator. Starting now
+with no later commitment ahead, the node's current free state is that
+minimum (fast path); otherwise it is swept from the commitments. The earliest
+start on a pool is its ready time or the end of one of its commitments
+(free capacity only grows when a commitment ends).
+
+**Score** (deterministic; ties broken by pool id):
+
+* *cheapest*: the estimated cost of the whole job — locked unit price × NCU
+  held × hours — rounded to the fen. Only among placements of the same cost
+  in fen: latency-tolerant jobs prefer western hubs (东数西算), then the
+  placement that grows fragmentation least, then provider reliability, then
+  carbon. So "cheapest" never takes a costlier pool than a feasible one.
+* *earliest*: the expected start, then the *adjusted cost*: cost × (1 −
+  ``west_price_tolerance``) on a western hub for a latency-tolerant job (a
+  western pool wins while it is at most ~5% dearer: "when the price is
+  close"), × (1 + ``reliability_weight`` × (1 − reliability)); then
+  fragmentation, reliability, carbon.
+* *greenest*: the estimated carbon — device power × devices × hours × PUE ×
+  grid factor × (1 − green share), to the gram — then the adjusted cost, then
+  fragmentation, then start.
+
+Fragmentation is the growth of the nodes' fragmentation (Weng et al., USENIX
+ATC 2023: expected accelerator capacity a task of the workload mix cannot use)
+caused by the placement. Inside a pool the nodes and devices are chosen by the
+packing policy (``"default"``: fragmentation gradient descent), so
+partial-node and shared-accelerator jobs fill partly used nodes and devices
+first and leave whole nodes whole for whole-node jobs. The workload mix is
+``MatchingConfig.mix`` or else the demands of the queued jobs.
+
+**Cycle** (:func:`schedule_cycle`): jobs come in fair-share order
+(:mod:`scheduler.domain.queueing`: lowest dominant share first, priority and
+ageing). A cycle places a job at its ready time (now, or its earliest start if
+that is within ``lookahead``). A job that cannot be placed now:
+
+1. if it is on-demand (not interruptible) and ready now, may preempt
+   interruptible leases of earlier cycles: on the pools it could use, in score
+   order, the fewest leases (most recently started first) whose removal lets
+   it fit; the preempted lease ids are returned for the caller to end, and
+   their jobs go back to the queue;
+2. otherwise the first blocked job (``max_reservations`` of them) gets a
+   reservation at its earliest feasible start (EASY backfilling, Lifka 1995):
+   later, smaller jobs still take gaps now, but only if they end before the
+   reservation starts or leave it the capacity it needs;
+3. and it stays pending with its explanation.
+
+Limits, by design: ``max_exact_checks`` pools are tried in full per job after
+the vectorised filter (it almost always passes the first); local storage is
+checked per node against the job's need but not shared out between jobs on
+one node; price caps are compared in float by the filter with a 1e-9
+relative margin and then exactly before any assignment is made.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+import numpy as np
+
+from billing.domain.money import to_fen
+from core.errors import ApplicationError
+from marketplace.domain.geography import CITIES, HUBS, latency_ms
+from marketplace.domain.units import ComputeClass, CpuArchitecture, SoftwareStack, ncu_hours
+from scheduler.domain.demand import (
+    REASON_ORDER,
+    JobSpec,
+    Lease,
+    MatchingConfig,
+    NodeAllocation,
+    Objective,
+    PoolFacts,
+    PoolOffer,
+    PricingType,
+    Reason,
+    Resolved,
+    duration_hours,
+    estimated_cost,
+    pool_facts,
+    resolve,
+    static_reason,
+)
+from scheduler.domain.packing import (
+    Cluster,
+    NodeState,
+    Placement,
+    SliceDemand,
+    WorkloadMix,
+    capacity_weighted,
+    fragmentation,
+    place_gang,
+)
+from scheduler.domain.queueing import FairShareQueue
+
+__all__ = [
+    "Assignment",
+    "CycleResult",
+    "Explanation",
+    "JobNeverFits",
+    "Preemption",
+    "QuoteResult",
+    "Reservation",
+    "check_submission",
+    "explain",
+    "quote",
+    "schedule_cycle",
+]
+
+ENERGY_PLACES = Decimal("0.001")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_NEVER = 2**62  # "no end" in microseconds
+_EPS = 1e-12  # float ceil guard: q × (1 − ε) so that an exact integer quotient does not round up
+_CAP_MARGIN = 1e-9  # the float price filter lets through pools within this relative margin; checked exactly after
+_FEN = 0.01
+_ZERO = Decimal(0)
+_ONE = Decimal(1)
+
+_ARCH_IDS = {arch: i for i, arch in enumerate(CpuArchitecture)}
+_HUB_IDS = {code: i for i, code in enumerate(HUBS)}
+_CITY_CODES = list(CITIES)
+_CITY_IDS = {code: i for i, code in enumerate(_CITY_CODES)}
+_UNKNOWN_CITY = len(_CITY_CODES)
+_LATENCY: np.ndarray | None = None
+
+
+def _latency_table() -> np.ndarray:
+    """City-to-city latency (ms) from :func:`marketplace.domain.geography.latency_ms`, with an
+    extra row and column of +inf for a city the geography does not know."""
+    global _LATENCY
+    if _LATENCY is None:
+        n = len(_CITY_CODES)
+        table = np.full((n + 1, n + 1), np.inf)
+        for i, a in enumerate(_CITY_CODES):
+            for j, b in enumerate(_CITY_CODES):
+                table[i, j] = latency_ms(a, b)
+        _LATENCY = table
+    return _LATENCY
+
+
+def _us(moment: datetime) -> int:
+    return (moment - _EPOCH) // _US
+
+
+def _at(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+# --- answers ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why a job fits ``fit`` of ``total`` pools: each refused pool counted once, under its first failing check."""
+
+    total: int
+    fit: int
+    counts: tuple[tuple[Reason, int], ...]  # most common first, then in check order
+    note: str = ""
+
+    @property
+    def never_fits(self) -> bool:
+        """No pool passes the static checks: the job cannot run in this market whatever is leased."""
+        return self.fit == 0 and all(reason.static for reason, _ in self.counts)
+
+    @property
+    def message(self) -> str:
+        text = f"{self.fit}/{self.total} pools fit"
+        if self.counts:
+            text += ": " + ", ".join(f"{n} {reason.label}" for reason, n in self.counts)
+        if self.note:
+            text += f"; {self.note}"
+        return text
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "total": self.total,
+            "fit": self.fit,
+            "reasons": {reason.value: n for reason, n in self.counts},
+            "never_fits": self.never_fits,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_counts(cls, total: int, fit: int, counts: Mapping[Reason, int], note: str = "") -> Explanation:
+        ordered = sorted(((r, n) for r, n in counts.items() if n), key=lambda item: (-item[1], REASON_ORDER[item[0]]))
+        return cls(total=total, fit=fit, counts=tuple(ordered), note=note)
+
+
+class JobNeverFits(ApplicationError):
+    """Raised at submission for a job that no pool of the market could ever take."""
+
+    code = "job_never_fits"
+    status = 422
+
+    def __init__(self, explanation: Explanation) -> None:
+        super().__init__(
+            f"No pool can run this job: {explanation.message}.", extra={"explanation": explanation.as_dict()}
+        )
+        self.explanation = explanation
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A job placed on a pool over [start, end): what a lease is made from (and what a quote offers)."""
+
+    job_id: str
+    org_id: str
+    pool_id: str
+    pool_identifier: str
+    provider_id: str
+    hub: str
+    city: str
+    compute_class: ComputeClass
+    start: datetime
+    end: datetime
+    allocations: tuple[NodeAllocation, ...]
+    unit_price: Decimal  # locked, CNY per NCU-hour
+    ncu: Decimal  # NCU held by the job
+    ncu_hours: Decimal  # to 4 decimals
+    estimated_cost: Decimal  # unit price × NCU × hours, to the fen
+    energy_kwh: Decimal
+    carbon_kg: Decimal
+    interruptible: bool
+    pricing_type: PricingType
+
+    @property
+    def nodes(self) -> int:
+        return len(self.allocations)
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    lease_id: str
+    pool_id: str
+    preempted_job_id: str
+    preempted_org_id: str
+    by_job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Capacity held for a blocked job from its earliest feasible start (EASY backfilling)."""
+
+    job_id: str
+    pool_id: str
+    start: datetime
+    end: datetime
+    allocations: tuple[NodeAllocation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    assignments: tuple[Assignment, ...]
+    pending: Mapping[str, Explanation]  # job id → why it waits
+    preemptions: tuple[Preemption, ...] = ()
+    reservations: tuple[Reservation, ...] = ()
+
+    @property
+    def never_fit(self) -> tuple[str, ...]:
+        """Pending jobs that no pool of the market could ever take (the offers changed since they were submitted)."""
+        return tuple(job_id for job_id, why in self.pending.items() if why.never_fits)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteResult:
+    options: tuple[Assignment, ...]  # best first; ``start`` is the expected start
+    explanation: Explanation  # over the static checks: how many pools could ever take the job
+
+
+# --- capacity over time -----------------------------------------------------------------------------------------------
+
+
+class _Commitment:
+    __slots__ = ("demand", "end", "interruptible", "job_id", "kind", "lease_id", "org_id", "placement", "start")
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        placement: Placement,
+        demand: SliceDemand,
+        *,
+        kind: str,
+        lease_id: str | None = None,
+        job_id: str = "",
+        org_id: str = "",
+        interruptible: bool = False,
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.placement = placement
+        self.demand = demand
+        self.kind = kind  # "lease", "assignment" or "reservation"
+        self.lease_id = lease_id
+        self.job_id = job_id
+        self.org_id = org_id
+        self.interruptible = interruptible
+
+
+class _PoolState:
+    """The nodes of one pool: free capacity outside the market, and the market's commitments on each node."""
+
+    __slots__ = ("_cluster", "base", "commitments", "facts", "future_start", "now")
+
+    def __init__(self, facts: PoolFacts, now: int) -> None:
+        self.facts = facts
+        self.now = now
+        given = facts.pool.nodes
+        self.base = (
+            [node.copy() for node in given]
+            if given is not None
+            else [NodeState.empty(facts.node_shape) for _ in range(facts.nodes_offered)]
+        )
+        self.commitments: list[list[_Commitment]] = [[] for _ in self.base]
+        self.future_start = _NEVER  # earliest start of a commitment that starts after now
+        self._cluster: Cluster | None = None
+
+    def add(self, node: int, commitment: _Commitment) -> None:
+        if not 0 <= node < len(self.base):
+            raise ValueError(f"pool {self.facts.pool.pool_id} has no node {node}")
+        self.commitments[node].append(commitment)
+        if commitment.start > self.now:
+            self.future_start = min(self.future_start, commitment.start)
+        elif self._cluster is not None:
+            self._cluster.allocate(commitment.placement, commitment.demand)
+
+    def remove_leases(self, lease_ids: set[str]) -> list[_Commitment]:
+        removed = []
+        for node, held in enumerate(self.commitments):
+            keep = [c for c in held if c.lease_id not in lease_ids]
+            removed.extend(c for c in held if c.lease_id in lease_ids)
+            self.commitments[node] = keep
+        self.future_start = min(
+            (c.start for held in self.commitments for c in held if c.start > self.now), default=_NEVER
+        )
+        self._cluster = None
+        return removed
+
+    def state_between(self, node: int, start: int, end: int, exclude: frozenset[str] = frozenset()) -> NodeState:
+        """The least free capacity of the node over [start, end), per resource and per accelerator."""
+        base = self.base[node]
+        active = [
+            c
+            for c in self.commitments[node]
+            if c.start < end and c.end > start and (c.lease_id is None or c.lease_id not in exclude)
+        ]
+        if not active:
+            return base.copy()
+        devices = len(base.free_milli)
+        if all(c.start <= start for c in active):
+            cpu, memory, used = _usage(active, devices)
+        else:
+            cpu = memory = 0
+            used = [0] * devices
+            for point in sorted({start} | {c.start for c in active if c.start > start}):
+                at = [c for c in active if c.start <= point < c.end]
+                c_cpu, c_memory, c_used = _usage(at, devices)
+                cpu, memory = max(cpu, c_cpu), max(memory, c_memory)
+                used = [max(a, b) for a, b in zip(used, c_used, strict=True)]
+        return NodeState(
+            base.shape,
+            max(0, base.free_cpu_milli - cpu),
+            max(0, base.free_memory_mib - memory),
+            [max(0, f - u) for f, u in zip(base.free_milli, used, strict=True)],
+        )
+
+    def cluster(self) -> Cluster:
+        """The nodes' free capacity now, indexed by the packing module."""
+        if self._cluster is None:
+            self._cluster = Cluster([self.state_between(i, self.now, self.now + 1) for i in range(len(self.base))])
+        return self._cluster
+
+    def now_nodes(self) -> list[NodeState]:
+        return self.cluster().nodes
+
+    def place(
+        self,
+        demand: SliceDemand,
+        count: int,
+        start: int,
+        end: int,
+        *,
+        policy: str,
+        mix: WorkloadMix | None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> tuple[tuple[Placement, ...], list[NodeState]] | None:
+        if start == self.now and end <= self.future_start and not exclude:
+            cluster = self.cluster()
+            placed = cluster.place_gang(demand, count, policy=policy, mix=mix)
+            return None if placed is None else (placed, cluster.nodes)
+        nodes = [self.state_between(i, start, end, exclude) for i in range(len(self.base))]
+        placed = place_gang(nodes, demand, count, policy=policy, mix=mix)
+        return None if placed is None else (placed, nodes)
+
+    def earliest(
+        self, demand: SliceDemand, count: int, ready: int, duration: int, limit: int, *, policy: str, mix
+    ) -> tuple[int, tuple[Placement, ...], list[NodeState]] | None:
+        """The earliest start >= ready (ending by ``limit``) at which the gang fits, with its placement."""
+        ends = {c.end for held in self.commitments for c in held if c.end > ready}
+        for start in sorted({ready} | ends):
+            if start + duration > limit:
+                break
+            placed = self.place(demand, count, start, start + duration, policy=policy, mix=mix)
+            if placed is not None:
+                return start, placed[0], placed[1]
+        return None
+
+    def interruptible_leases(self, start: int, end: int) -> dict[str, list[_Commitment]]:
+        found: dict[str, list[_Commitment]] = {}
+        for held in self.commitments:
+            for c in held:
+                if c.kind == "lease" and c.interruptible and c.lease_id and c.start < end and c.end > start:
+                    found.setdefault(c.lease_id, []).append(c)
+        return found
+
+
+def _usage(commitments: Iterable[_Commitment], devices: int) -> tuple[int, int, list[int]]:
+    cpu = memory = 0
+    used = [0] * devices
+    for c in commitments:
+        cpu += c.demand.cpu_milli
+        memory += c.demand.memory_mib
+        for d in c.placement.devices:
+            if 0 <= d < devices:
+                used[d] += c.placement.accelerator_milli
+    return cpu, memory, used
+
+
+# --- the vectorised view of the offers --------------------------------------------------------------------------------
+
+
+class _Partition:
+    """The offers of one software stack as arrays, one entry per pool (sorted by pool id)."""
+
+    def __init__(self, facts: list[PoolFacts], model_ids: dict[str, int], config: MatchingConfig) -> None:
+        self.facts = facts
+        n = self.n = len(facts)
+        self.position = {f.pool.pool_id: i for i, f in enumerate(facts)}
+
+        def arr(values: Iterable[object], dtype: type | str) -> np.ndarray:
+            return np.fromiter(values, dtype=dtype, count=n)
+
+        pools = [f.pool for f in facts]
+        self.arch = arr((_ARCH_IDS[p.cpu_architecture] for p in pools), np.int8)
+        self.model = arr((model_ids.get(f.model or "", 0) for f in facts), np.int32)
+        self.domestic = arr((p.domestic for p in pools), bool)
+        self.verified = arr((p.provider_verified for p in pools), bool)
+        self.hub = arr((_HUB_IDS.get(p.hub, len(_HUB_IDS)) for p in pools), np.int16)
+        self.city = arr((_CITY_IDS.get(p.city, _UNKNOWN_CITY) for p in pools), np.int16)
+        self.interruptible_only = arr((p.pricing_type is PricingType.INTERRUPTIBLE for p in pools), bool)
+        self.sharing = arr((p.sharing_allowed for p in pools), bool)
+        self.units = arr((f.units_per_node for f in facts), np.int64)
+        self.units_safe = np.maximum(self.units, 1)
+        self.node_cpu = arr((f.node_shape.cpu_milli for f in facts), np.int64)
+        self.node_cpu_safe = np.maximum(self.node_cpu, 1)
+        self.node_memory = arr((f.node_shape.memory_mib for f in facts), np.int64)
+        self.storage = arr((p.node_storage_gib for p in pools), np.int64)
+        self.device_memory = arr((float(p.accelerator_memory_gib) for p in pools), float)
+        self.offered = arr((f.nodes_offered for f in facts), np.int64)
+        self.ncu_unit = arr((float(f.ncu_per_unit) for f in facts), float)
+        self.tflops = {
+            precision: arr((float(f.tflops(precision)) for f in facts), float)
+            for precision, _ in facts[0].tflops_per_unit
+        }
+        self.min_lease = arr((p.min_lease // _US for p in pools), np.int64)
+        self.max_lease = arr((_NEVER if p.max_lease is None else p.max_lease // _US for p in pools), np.int64)
+        self.window_start = arr((_us(p.window_start) for p in pools), np.int64)
+        self.window_end = arr((_NEVER if p.window_end is None else _us(p.window_end) for p in pools), np.int64)
+        self.price = arr((float(p.unit_price) for p in pools), float)
+        self.reliability = arr((float(p.provider_reliability) for p in pools), float)
+        self.west = arr((f.west for f in facts), bool)
+        self.power_kw = arr((float(p.unit_power_w) / 1000 for p in pools), float)
+        self.carbon_per_kwh = arr(
+            (float(p.pue) * float(p.grid_carbon_kg_per_kwh) * (1 - float(p.green_share)) for p in pools), float
+        )
+        self.cost_factor = 1.0 + float(config.reliability_weight) * (1.0 - self.reliability)
+        # free capacity now, per pool (refreshed whenever a pool changes)
+        width = int(self.units.max(initial=0)) + 2
+        columns = np.arange(width)
+        self.nodes_with = np.where(columns[None, :] <= self.units[:, None], self.offered[:, None], 0).astype(np.int64)
+        self.largest_share = np.where(self.units > 0, 1000, 0).astype(np.int64)
+        self.most_cpu = self.node_cpu.copy()
+        self.most_memory = self.node_memory.copy()
+        for i, f in enumerate(facts):
+            if f.pool.nodes is not None:
+                self.refresh(i, list(f.pool.nodes))
+
+    def refresh(self, i: int, nodes: Sequence[NodeState]) -> None:
+        width = self.nodes_with.shape[1]
+        counts = [0] * width
+        largest = cpu = memory = 0
+        for node in nodes:
+            whole = 0
+            for free in node.free_milli:
+                if free == 1000:
+                    whole += 1
+                largest = max(largest, free)
+            counts[min(whole, width - 1)] += 1
+            cpu = max(cpu, node.free_cpu_milli)
+            memory = max(memory, node.free_memory_mib)
+        running = 0
+        for k in range(width - 1, -1, -1):
+            running += counts[k]
+            counts[k] = running
+        self.nodes_with[i] = counts
+        self.largest_share[i] = largest
+        self.most_cpu[i] = cpu
+        self.most_memory[i] = memory
+
+
+@dataclass(slots=True)
+class _Evaluation:
+    alive: np.ndarray
+    counts: dict[Reason, int] | None
+    cost: np.ndarray
+    carbon: np.ndarray
+    adjusted: np.ndarray
+
+
+@dataclass(slots=True)
+class _Option:
+    facts: PoolFacts
+    resolved: Resolved
+    start: int
+    end: int
+    placements: tuple[Placement, ...]
+    nodes_used: list[NodeState]
+    cost: Decimal
+    energy_kwh: Decimal
+    carbon_kg: Decimal
+    adjusted: float
+    west_preferred: bool
+    frag: float = 0.0
+    rank: int = 0
+    victims: tuple[str, ...] = field(default_factory=tuple)
+
+
+class _Market:
+    """The offers of one cycle, their commitments, and the filter/score/assign steps."""
+
+    def __init__(
+        self,
+        pools: Sequence[PoolOffer],
+        *,
+        now: datetime,
+        config: MatchingConfig,
+        leases: Iterable[Lease] = (),
+        jobs: Iterable[JobSpec] = (),
+    ) -> None:
+        self.now_dt = now
+        self.now = _us(now)
+        self.config = config
+        seen: set[str] = set()
+        facts = []
+        for pool in pools:
+            if pool.pool_id in seen:
+                raise ValueError(f"pool {pool.pool_id} is offered twice")
+            seen.add(pool.pool_id)
+            facts.append(pool_facts(pool))
+        facts.sort(key=lambda f: f.pool.pool_id)
+        self.total = len(facts)
+        models = sorted({f.model for f in facts if f.model})
+        self.model_ids = {code: i + 1 for i, code in enumerate(models)}  # 0 = no accelerator
+        by_stack: dict[SoftwareStack, list[PoolFacts]] = {}
+        for f in facts:
+            by_stack.setdefault(f.pool.stack, []).append(f)
+        self.partitions = {stack: _Partition(members, self.model_ids, config) for stack, members in by_stack.items()}
+        self.where = {
+            f.pool.pool_id: (stack, i) for stack, part in self.partitions.items() for i, f in enumerate(part.facts)
+        }
+        self.states: dict[str, _PoolState] = {}
+        self.class_capacity: dict[ComputeClass, float] = {}
+        for f in facts:
+            units = f.nodes_offered * f.units_per_node * f.ncu_per_unit
+            self.class_capacity[f.compute_class] = self.class_capacity.get(f.compute_class, 0.0) + float(units)
+        self.usage: dict[str, dict[ComputeClass, float]] = {}
+        self.lease_ncu: dict[str, tuple[str, ComputeClass, float, str]] = {}
+        for lease in leases:
+            self._load(lease)
+        for stack, part in self.partitions.items():
+            for pool_id, state in self.states.items():
+                if self.where[pool_id][0] is stack:
+                    part.refresh(self.where[pool_id][1], state.now_nodes())
+        self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size)
+        self.weighted_mix = capacity_weighted(self.mix) if self.mix is not None else None
+
+    # -- loading --------------------------------------------------------------------------------------------------
+
+    def facts_of(self, pool_id: str) -> PoolFacts:
+        stack, i = self.where[pool_id]
+        return self.partitions[stack].facts[i]
+
+    def state(self, facts: PoolFacts) -> _PoolState:
+        state = self.states.get(facts.pool.pool_id)
+        if state is None:
+            state = self.states[facts.pool.pool_id] = _PoolState(facts, self.now)
+        return state
+
+    def _load(self, lease: Lease) -> None:
+        start, end = _us(lease.start), _us(lease.end)
+        if end <= self.now or lease.pool_id not in self.where:
+            return  # over, or on a pool no longer offered: it holds nothing the cycle can give
+        facts = self.facts_of(lease.pool_id)
+        state = self.state(facts)
+        units = _ZERO
+        for allocation in lease.allocations:
+            commitment = _Commitment(
+                start,
+                end,
+                allocation.placement,
+                allocation.demand,
+                kind="lease",
+                lease_id=lease.lease_id,
+                job_id=lease.job_id,
+                org_id=lease.org_id,
+                interruptible=lease.interruptible,
+            )
+            state.add(allocation.placement.node, commitment)
+            units += _allocation_units(facts, allocation)
+        ncu = float(units * facts.ncu_per_unit)
+        self.lease_ncu[lease.lease_id] = (lease.org_id, facts.compute_class, ncu, lease.job_id)
+        if start <= self.now:
+            held = self.usage.setdefault(lease.org_id, {})
+            held[facts.compute_class] = held.get(facts.compute_class, 0.0) + ncu
+
+    # -- filter -----------------------------------------------------------------------------------------------------
+
+    def evaluate(
+        self, part: _Partition, job: JobSpec, ready: int, *, counts: bool, open_now: bool, capacity_now: bool
+    ) -> _Evaluation:
+        """The vectorised hard constraints of ``job`` on every pool of the partition (see the module doc)."""
+        n = part.n
+        tally: dict[Reason, int] | None = {} if counts else None
+        alive = np.ones(n, dtype=bool)
+
+        def keep(reason: Reason, ok: np.ndarray | bool) -> None:
+            nonlocal alive
+            if ok is True:
+                return
+            if ok is False:
+                ok = np.zeros(n, dtype=bool)
+            if tally is not None:
+                refused = int(np.count_nonzero(alive & ~ok))
+                if refused:
+                    tally[reason] = tally.get(reason, 0) + refused
+            alive &= ok
+
+        duration = job.duration // _US
+        hours = duration / 3_600_000_000
+        units = part.units
+        storage_ok = part.storage >= job.storage_gib_per_node
+        device_ok: np.ndarray | bool = True
+        sharing_ok: np.ndarray | bool = True
+        memory_ok: np.ndarray | bool = True
+        capacity = job.capacity
+        if job.stack is SoftwareStack.CPU:
+            if capacity is not None:
+                per_core = part.tflops[capacity.precision]
+                device_ok = per_core > 0
+                cores = np.maximum(np.ceil(float(capacity.tflops) / np.where(device_ok, per_core, 1.0) * (1 - _EPS)), 1)
+                cores = cores.astype(np.int64)
+                count = -(-cores // part.units_safe)
+                cpu = -(-cores // count) * 1000
+            else:
+                count = np.full(n, job.nodes, dtype=np.int64)
+                cpu = np.full(n, job.cpu_milli_per_node, dtype=np.int64)
+            memory = (
+                np.full(n, job.memory_mib_per_node, dtype=np.int64)
+                if job.memory_mib_per_node
+                else part.node_memory * cpu // part.node_cpu_safe
+            )
+            milli = np.zeros(n, dtype=np.int64)
+            whole = np.zeros(n, dtype=np.int64)
+            size_ok = (cpu <= part.node_cpu) & storage_ok
+            per_node_units = cpu / 1000
+            device_ok = device_ok & (units > 0) if isinstance(device_ok, np.ndarray) else units > 0
+        else:
+            device_ok = units > 0
+            if job.device_models:
+                allowed = np.zeros(len(self.model_ids) + 1, dtype=bool)
+                for code in job.device_models:
+                    if code in self.model_ids:
+                        allowed[self.model_ids[code]] = True
+                device_ok = device_ok & allowed[part.model]
+            if capacity is not None:
+                per_device = part.tflops[capacity.precision]
+                device_ok = device_ok & (per_device > 0)
+                need = float(capacity.tflops) / np.where(per_device > 0, per_device, 1.0)
+                wanted_memory = float(capacity.accelerator_memory_gib)
+                if wanted_memory > 0:
+                    known = part.device_memory > 0
+                    need = np.where(
+                        known, np.maximum(need, wanted_memory / np.where(known, part.device_memory, 1)), need
+                    )
+                    memory_ok = known
+                slice_milli = np.ceil(need * 1000 * (1 - _EPS))
+                shared = part.sharing & (slice_milli < 1000)
+                milli = np.where(shared, np.maximum(slice_milli, 1), 0).astype(np.int64)
+                total = np.maximum(np.ceil(need * (1 - _EPS)), 1).astype(np.int64)
+                count = np.where(shared, 1, -(-total // part.units_safe))
+                whole = np.where(shared, 0, -(-total // count))
+            elif job.accelerator_milli:
+                milli = np.full(n, job.accelerator_milli, dtype=np.int64)
+                whole = np.zeros(n, dtype=np.int64)
+                count = np.ones(n, dtype=np.int64)
+                sharing_ok = part.sharing
+                wanted = float(job.accelerator_memory_gib) * (1 - _EPS)
+                memory_ok = part.device_memory * job.accelerator_milli / 1000 >= wanted
+            else:
+                milli = np.zeros(n, dtype=np.int64)
+                whole = np.full(n, job.accelerators_per_node, dtype=np.int64)
+                count = np.full(n, job.nodes, dtype=np.int64)
+                memory_ok = part.device_memory >= float(job.accelerator_memory_gib) * (1 - _EPS)
+            thousandths = whole * 1000 + milli
+            cpu = (
+                np.full(n, job.cpu_milli_per_node, dtype=np.int64)
+                if job.cpu_milli_per_node
+                else part.node_cpu * thousandths // (part.units_safe * 1000)
+            )
+            memory = (
+                np.full(n, job.memory_mib_per_node, dtype=np.int64)
+                if job.memory_mib_per_node
+                else part.node_memory * thousandths // (part.units_safe * 1000)
+            )
+            size_ok = (whole <= units) & (cpu <= part.node_cpu) & storage_ok
+            per_node_units = thousandths / 1000
+        memory_ok = memory_ok & (memory <= part.node_memory)
+
+        if job.cpu_architecture is not None:
+            keep(Reason.WRONG_ARCHITECTURE, part.arch == _ARCH_IDS[job.cpu_architecture])
+        keep(Reason.WRONG_DEVICE, device_ok)
+        if job.domestic_only:
+            keep(Reason.NOT_DOMESTIC, part.domestic)
+        keep(Reason.PROVIDER_UNVERIFIED, part.verified)
+        if job.allowed_hubs:
+            hubs = np.zeros(len(_HUB_IDS) + 1, dtype=bool)
+            for code in job.allowed_hubs:
+                hubs[_HUB_IDS[code]] = True
+            keep(Reason.OUTSIDE_HUBS, hubs[part.hub])
+        if job.max_latency_ms is not None:
+            row = _latency_table()[_CITY_IDS[job.buyer_city or ""]]
+            keep(Reason.OVER_LATENCY, row[part.city] <= job.max_latency_ms)
+        if not job.interruptible:
+            keep(Reason.INTERRUPTIBLE_ONLY, ~part.interruptible_only)
+        keep(Reason.NO_SHARING, sharing_ok)
+        keep(Reason.NODE_TOO_SMALL, size_ok)
+        keep(Reason.NOT_ENOUGH_MEMORY, memory_ok)
+        keep(Reason.TOO_FEW_NODES, count <= part.offered)
+        keep(Reason.LEASE_LENGTH, (part.min_lease <= duration) & (duration <= part.max_lease))
+        end_by = part.window_end if job.deadline is None else np.minimum(part.window_end, _us(job.deadline))
+        keep(Reason.OUTSIDE_WINDOW, np.maximum(part.window_start, ready) + duration <= end_by)
+        ncu = count * per_node_units * part.ncu_unit
+        cost = part.price * ncu * hours
+        if job.max_price_per_ncu_hour is not None:
+            keep(Reason.OVER_PRICE_CAP, part.price <= float(job.max_price_per_ncu_hour))
+        if job.max_total_price is not None:
+            keep(Reason.OVER_PRICE_CAP, cost <= float(job.max_total_price) * (1 + _CAP_MARGIN))
+        if open_now:
+            keep(Reason.NOT_OPEN_YET, part.window_start <= ready)
+        if capacity_now:
+            rows = np.arange(n)
+            width = part.nodes_with.shape[1]
+            enough = np.where(
+                milli > 0,
+                part.largest_share >= milli,
+                part.nodes_with[rows, np.minimum(whole, width - 1)] >= count,
+            )
+            keep(Reason.NO_CAPACITY, enough & (part.most_cpu >= cpu) & (part.most_memory >= memory))
+        carbon = part.power_kw * (count * per_node_units) * hours * part.carbon_per_kwh
+        adjusted = cost * part.cost_factor
+        if job.tolerates_latency(self.config.latency_tolerant_ms):
+            adjusted = np.where(part.west, adjusted * (1 - float(self.config.west_price_tolerance)), adjusted)
+        return _Evaluation(alive=alive, counts=tally, cost=cost, carbon=carbon, adjusted=adjusted)
+
+    def ranked(self, job: JobSpec, evaluation: _Evaluation) -> np.ndarray:
+        """Indices of the surviving pools in the order the job's objective prefers them."""
+        idx = np.flatnonzero(evaluation.alive)
+        if idx.size == 0:
+            return idx
+        if job.objective is Objective.CHEAPEST:
+            order = np.argsort(evaluation.cost[idx], kind="stable")
+        elif job.objective is Objective.EARLIEST:
+            order = np.argsort(evaluation.adjusted[idx], kind="stable")
+        else:
+            order = np.lexsort((evaluation.adjusted[idx], np.round(evaluation.carbon[idx], 3)))
+        return idx[order]
+
+    # -- exact check and score ---------------------------------------------------------------------------------------
+
+    def option(
+        self,
+        job: JobSpec,
+        facts: PoolFacts,
+        ready: datetime,
+        start: int,
+        *,
+        exclude: frozenset[str] = frozenset(),
+    ) -> _Option | None:
+        """The job on this pool from ``start``, exactly checked; None if it does not fit."""
+        if static_reason(job, facts, ready) is not None or start < _us(facts.pool.window_start):
+            return None
+        resolved = resolve(job, facts)
+        assert isinstance(resolved, Resolved)  # noqa: S101 - static_reason passed, so the demand resolved
+        end = start + job.duration // _US
+        placed = self.state(facts).place(
+            resolved.demand, resolved.nodes, start, end, policy=self.config.policy, mix=self.mix, exclude=exclude
+        )
+        if placed is None:
+            return None
+        return self._make_option(job, facts, resolved, start, end, placed[0], placed[1])
+
+    def _make_option(
+        self,
+        job: JobSpec,
+        facts: PoolFacts,
+        resolved: Resolved,
+        start: int,
+        end: int,
+        placements: tuple[Placement, ...],
+        nodes_used: list[NodeState],
+    ) -> _Option:
+        pool = facts.pool
+        hours = duration_hours(job.duration)
+        cost = estimated_cost(pool, resolved, job)
+        energy = pool.unit_power_w * resolved.units * hours * Decimal(pool.pue) / 1000
+        carbon = energy * Decimal(pool.grid_carbon_kg_per_kwh) * (_ONE - Decimal(pool.green_share))
+        west = facts.west and job.tolerates_latency(self.config.latency_tolerant_ms)
+        factor = 1.0 + float(self.config.reliability_weight) * (1.0 - float(pool.provider_reliability))
+        adjusted = float(cost) * factor * ((1.0 - float(self.config.west_price_tolerance)) if west else 1.0)
+        return _Option(
+            facts=facts,
+            resolved=resolved,
+            start=start,
+            end=end,
+            placements=placements,
+            nodes_used=nodes_used,
+            cost=cost,
+            energy_kwh=energy.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
+            carbon_kg=carbon.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
+            adjusted=adjusted,
+            west_preferred=west,
+        )
+
+    def key(self, job: JobSpec, option: _Option) -> tuple:
+        pool = option.facts.pool
+        reliability = -float(pool.provider_reliability)
+        if job.objective is Objective.CHEAPEST:
+            return (
+                to_fen(option.cost),
+                not option.west_preferred,
+                option.frag,
+                reliability,
+                option.carbon_kg,
+                pool.pool_id,
+            )
+        if job.objective is Objective.EARLIEST:
+            return (option.start, option.adjusted, option.frag, reliability, option.carbon_kg, pool.pool_id)
+        return (option.carbon_kg, option.adjusted, option.frag, option.start, pool.pool_id)
+
+    def fragmentation_growth(self, option: _Option) -> float:
+        if self.weighted_mix is None:
+            return 0.0
+        growth = 0.0
+        for placement in option.placements:
+            node = option.nodes_used[placement.node]
+            after = node.copy()
+            after.allocate(placement, option.resolved.demand)
+            growth += fragmentation(after, self.weighted_mix) - fragmentation(node, self.weighted_mix)
+        return growth
+
+    def best(self, job: JobSpec, ready: datetime) -> tuple[_Option | None, _Evaluation, np.ndarray]:
+        """The best placement of the job starting at ``ready`` (now or within the lookahead)."""
+        part = self.partitions.get(job.stack)
+        if part is None:
+            return None, _Evaluation(np.zeros(0, bool), None, *(np.zeros(0),) * 3), np.zeros(0, dtype=np.intp)
+        start = _us(ready)
+        evaluation = self.evaluate(part, job, start, counts=False, open_now=True, capacity_now=start == self.now)
+        order = self.ranked(job, evaluation)
+        tied: list[_Option] = []
+        bound: tuple[float, float, float] | None = None
+        checks = 0
+        for j in order.tolist():
+            if bound is not None:
+                if not self._within(job, evaluation, j, bound):
+                    break
+            elif checks >= self.config.max_exact_checks:
+                break
+            checks += 1
+            option = self.option(job, part.facts[j], ready, start)
+            if option is None:
+                continue
+            if bound is None:
+                bound = (float(evaluation.cost[j]), float(evaluation.carbon[j]), float(evaluation.adjusted[j]))
+            tied.append(option)
+            if len(tied) >= self.config.max_tie_candidates:
+                break
+        if not tied:
+            return None, evaluation, order
+        return self._pick(job, tied), evaluation, order
+
+    def _within(self, job: JobSpec, evaluation: _Evaluation, j: int, bound: tuple[float, float, float]) -> bool:
+        """Whether pool j may tie with the first feasible pool (then its exact key decides)."""
+        cost, carbon, adjusted = bound
+        if job.objective is Objective.CHEAPEST:
+            return float(evaluation.cost[j]) <= cost + _FEN + cost * _CAP_MARGIN
+        if job.objective is Objective.EARLIEST:
+            return float(evaluation.adjusted[j]) <= adjusted * (1 + _CAP_MARGIN)
+        return round(float(evaluation.carbon[j]), 3) <= round(carbon, 3) and float(
+            evaluation.adjusted[j]
+        ) <= adjusted * (1 + _CAP_MARGIN)
+
+    def _pick(self, job: JobSpec, options: list[_Option]) -> _Option:
+        if len(options) > 1:
+            keys = [self.key(job, o) for o in options]
+            head = min(keys)[:2]
+            for option, key in zip(options, keys, strict=True):
+                if key[:2] == head:
+                    option.frag = self.fragmentation_growth(option)
+        return min(options, key=lambda o: self.key(job, o))
+
+    # -- commit -----------------------------------------------------------------------------------------------------
+
+    def commit(self, job: JobSpec, option: _Option, *, kind: str = "assignment") -> tuple[NodeAllocation, ...]:
+        facts = option.facts
+        state = self.state(facts)
+        allocations = []
+        for placement in option.placements:
+            commitment = _Commitment(
+                option.start,
+                option.end,
+                placement,
+                option.resolved.demand,
+                kind=kind,
+                job_id=job.job_id,
+                org_id=job.org_id,
+                interruptible=job.interruptible,
+            )
+            state.add(placement.node, commitment)
+            allocations.append(NodeAllocation(placement, option.resolved.demand))
+        self._refresh(facts)
+        return tuple(allocations)
+
+    def _refresh(self, facts: PoolFacts) -> None:
+        stack, i = self.where[facts.pool.pool_id]
+        self.partitions[stack].refresh(i, self.state(facts).now_nodes())
+
+    def assignment(self, job: JobSpec, option: _Option, allocations: tuple[NodeAllocation, ...]) -> Assignment:
+        pool = option.facts.pool
+        ncu = option.resolved.ncu
+        return Assignment(
+            job_id=job.job_id,
+            org_id=job.org_id,
+            pool_id=pool.pool_id,
+            pool_identifier=pool.identifier,
+            provider_id=pool.provider_id,
+            hub=pool.hub,
+            city=pool.city,
+            compute_class=option.facts.compute_class,
+            start=_at(option.start),
+            end=_at(option.end),
+            allocations=allocations,
+            unit_price=pool.unit_price,
+            ncu=ncu,
+            ncu_hours=ncu_hours(ncu, (option.end - option.start) // 1_000_000),
+            estimated_cost=to_fen(option.cost),
+            energy_kwh=option.energy_kwh,
+            carbon_kg=option.carbon_kg,
+            interruptible=job.interruptible,
+            pricing_type=pool.pricing_type,
+        )
+
+    # -- explanations -------------------------------------------------------------------------------------------------
+
+    def explain(self, job: JobSpec, ready: datetime, *, occupancy: bool, note: str = "") -> Explanation:
+        part = self.partitions.get(job.stack)
+        counts: dict[Reason, int] = {}
+        if self.total - (part.n if part else 0):
+            counts[Reason.WRONG_STACK] = self.total - (part.n if part else 0)
+        fit = 0
+        if part is not None:
+            start = _us(ready)
+            evaluation = self.evaluate(
+                part, job, start, counts=True, open_now=occupancy, capacity_now=occupancy and start == self.now
+            )
+            assert evaluation.counts is not None  # noqa: S101 - asked for counts
+            for reason, n in evaluation.counts.items():
+                counts[reason] = counts.get(reason, 0) + n
+            survivors = int(np.count_nonzero(evaluation.alive))
+            if occupancy:
+                # every survivor was tried in full and none could take the job now
+                counts[Reason.NO_CAPACITY] = counts.get(Reason.NO_CAPACITY, 0) + survivors
+            else:
+                fit = survivors
+        return Explanation.from_counts(self.total, fit, counts, note)
+
+    # -- backfill and preemption ------------------------------------------------------------------------------------
+
+    def static_order(self, job: JobSpec, ready: datetime) -> tuple[_Partition | None, np.ndarray]:
+        part = self.partitions.get(job.stack)
+        if part is None:
+            return None, np.zeros(0, dtype=np.intp)
+        evaluation = self.evaluate(part, job, _us(ready), counts=False, open_now=False, capacity_now=False)
+        return part, self.ranked(job, evaluation)
+
+    def earliest(self, job: JobSpec, ready: datetime, limit: int) -> list[_Option]:
+        """Options with their earliest feasible start on up to ``limit`` pools, in the objective's order."""
+        part, order = self.static_order(job, ready)
+        options = []
+        if part is None:
+            return options
+        duration = job.duration // _US
+        for rank, j in enumerate(order[:limit].tolist()):
+            facts = part.facts[j]
+            resolved = resolve(job, facts)
+            if not isinstance(resolved, Resolved) or static_reason(job, facts, ready) is not None:
+                continue
+            pool = facts.pool
+            first = max(_us(ready), _us(pool.window_start))
+            limit_end = min(
+                _NEVER if pool.window_end is None else _us(pool.window_end),
+                _NEVER if job.deadline is None else _us(job.deadline),
+            )
+            found = self.state(facts).earliest(
+                resolved.demand, resolved.nodes, first, duration, limit_end, policy=self.config.policy, mix=self.mix
+            )
+            if found is None:
+                continue
+            start, placements, nodes = found
+            option = self._make_option(job, facts, resolved, start, start + duration, placements, nodes)
+            option.rank = rank
+            options.append(option)
+        return options
+
+    def reserve(self, job: JobSpec, ready: datetime) -> Reservation | None:
+        options = self.earliest(job, ready, self.config.reservation_pool_limit)
+        if not options:
+            return None
+        chosen = min(options, key=lambda o: (o.start, o.rank))
+        allocations = self.commit(job, chosen, kind="reservation")
+        return Reservation(job.job_id, chosen.facts.pool.pool_id, _at(chosen.start), _at(chosen.end), allocations)
+
+    def preempt(self, job: JobSpec) -> tuple[_Option, list[str]] | None:
+        """The pool and the fewest interruptible leases to end so that the job fits now."""
+        part, order = self.static_order(job, self.now_dt)
+        if part is None:
+            return None
+        start, end = self.now, self.now + job.duration // _US
+        best: tuple[tuple, _Option, list[str]] | None = None
+        tried = 0
+        for rank, j in enumerate(order.tolist()):
+            if tried >= self.config.preemption_pool_limit:
+                break
+            facts = part.facts[j]
+            state = self.states.get(facts.pool.pool_id)
+            if state is None:
+                continue
+            leases = state.interruptible_leases(start, end)
+            if not leases:
+                continue
+            tried += 1
+            victims = sorted(leases, key=lambda lid: (-leases[lid][0].start, _commitment_units(leases[lid]), lid))
+            removed: list[str] = []
+            option = None
+            for lease_id in victims:
+                removed.append(lease_id)
+                option = self.option(job, facts, self.now_dt, start, exclude=frozenset(removed))
+                if option is not None:
+                    break
+            if option is None:
+                continue
+            for lease_id in list(reversed(removed[:-1])):  # keep every lease the job does not need gone
+                trial = [lid for lid in removed if lid != lease_id]
+                kept = self.option(job, facts, self.now_dt, start, exclude=frozenset(trial))
+                if kept is not None:
+                    removed, option = trial, kept
+            units = sum(_commitment_units(leases[lid]) for lid in removed)
+            score = (len(removed), units, rank)
+            if best is None or score < best[0]:
+                best = (score, option, removed)
+        if best is None:
+            return None
+        _, option, removed = best
+        state = self.state(option.facts)
+        state.remove_leases(set(removed))
+        fresh = self.option(job, option.facts, self.now_dt, start)
+        assert fresh is not None  # noqa: S101 - it fitted with exactly these leases gone
+        return fresh, removed
+
+
+def _allocation_units(facts: PoolFacts, allocation: NodeAllocation) -> Decimal:
+    if facts.accelerated:
+        return Decimal(allocation.demand.accelerator_thousandths) / 1000
+    return Decimal(allocation.demand.cpu_milli) / 1000
+
+
+def _commitment_units(commitments: list[_Commitment]) -> int:
+    return sum(c.demand.accelerator_thousandths or c.demand.cpu_milli for c in commitments)
+
+
+def _queue_mix(jobs: Iterable[JobSpec], size: int) -> WorkloadMix | None:
+    """The workload mix the fragmentation measure expects: the most common per-node demands of the queue."""
+    counts: dict[SliceDemand, int] = {}
+    for job in jobs:
+        if job.stack is SoftwareStack.CPU or job.capacity is not None:
+            continue
+        demand = SliceDemand(
+            job.cpu_milli_per_node,
+            job.memory_mib_per_node,
+            accelerators=job.accelerators_per_node,
+            accelerator_milli=job.accelerator_milli,
+        )
+        counts[demand] = counts.get(demand, 0) + 1
+    if not counts:
+        return None
+    common = heapq.nsmallest(size, counts.items(), key=lambda item: (-item[1], _demand_order(item[0])))
+    total = sum(n for _, n in common)
+    return WorkloadMix(tuple((demand, n / total) for demand, n in common))
+
+
+def _demand_order(demand: SliceDemand) -> tuple[int, int, int, int]:
+    return (demand.accelerators, demand.accelerator_milli, demand.cpu_milli, demand.memory_mib)
+
+
+# --- entry points -----------------------------------------------------------------------------------------------------
+
+
+def schedule_cycle(
+    jobs: Sequence[JobSpec],
+    pools: Sequence[PoolOffer],
+    leases: Sequence[Lease],
+    now: datetime,
+    config: MatchingConfig | None = None,
+) -> CycleResult:
+    """One scheduling cycle over the queued ``jobs`` (see the module doc)."""
+    config = config or MatchingConfig()
+    market = _Market(pools, now=now, config=config, leases=leases, jobs=jobs)
+    queue = FairShareQueue(jobs, now=now, capacity=market.class_capacity, usage=market.usage, config=config)
+    assignments: list[Assignment] = []
+    pending: dict[str, Explanation] = {}
+    preemptions: list[Preemption] = []
+    reservations: list[Reservation] = []
+    for job in queue:
+        ready = job.ready_at(now)
+        if ready > now + config.lookahead:
+            pending[job.job_id] = market.explain(
+                job, ready, occupancy=False, note=f"waits for its earliest start {ready.isoformat()}"
+            )
+            continue
+        option, _, _ = market.best(job, ready)
+        if option is not None:
+            assignment = market.assignment(job, option, market.commit(job, option))
+            assignments.append(assignment)
+            queue.charge(job.org_id, assignment.compute_class, float(assignment.ncu))
+            continue
+        explanation = market.explain(job, ready, occupancy=True)
+        if explanation.never_fits:
+            pending[job.job_id] = explanation
+            continue
+        if config.preemption and not job.interruptible and ready == now:
+            found = market.preempt(job)
+            if found is not None:
+                option, victims = found
+                for lease_id in victims:
+                    org_id, compute_class, ncu, victim_job = market.lease_ncu[lease_id]
+                    preemptions.append(Preemption(lease_id, option.facts.pool.pool_id, victim_job, org_id, job.job_id))
+                    queue.refund(org_id, compute_class, ncu)
+                assignment = market.assignment(job, option, market.commit(job, option))
+                assignments.append(assignment)
+                queue.charge(job.org_id, assignment.compute_class, float(assignment.ncu))
+                continue
+        if len(reservations) < config.max_reservations:
+            reservation = market.reserve(job, ready)
+            if reservation is not None:
+                reservations.append(reservation)
+                explanation = replace(
+                    explanation,
+                    note=f"capacity reserved on pool {reservation.pool_id} from {reservation.start.isoformat()}",
+                )
+        pending[job.job_id] = explanation
+    return CycleResult(
+        assignments=tuple(assignments),
+        pending=pending,
+        preemptions=tuple(preemptions),
+        reservations=tuple(reservations),
+    )
+
+
+def quote(
+    job: JobSpec,
+    pools: Sequence[PoolOffer],
+    leases: Sequence[Lease] = (),
+    *,
+    now: datetime,
+    config: MatchingConfig | None = None,
+    limit: int = 3,
+) -> QuoteResult:
+    """The best ``limit`` placements of the job (one per pool), each at its expected start, without submitting."""
+    config = config or MatchingConfig()
+    market = _Market(pools, now=now, config=config, leases=leases, jobs=(job,))
+    ready = job.ready_at(now)
+    options = market.earliest(job, ready, config.quote_pool_limit)
+    for option in options:
+        if len(options) > 1:
+            option.frag = market.fragmentation_growth(option)
+    options.sort(key=lambda o: market.key(job, o))
+    chosen = tuple(
+        market.assignment(job, o, tuple(NodeAllocation(p, o.resolved.demand) for p in o.placements))
+        for o in options[:limit]
+    )
+    return QuoteResult(options=chosen, explanation=market.explain(job, ready, occupancy=False))
+
+
+def explain(
+    job: JobSpec,
+    pools: Sequence[PoolOffer],
+    leases: Sequence[Lease] = (),
+    *,
+    now: datetime,
+    config: MatchingConfig | None = None,
+    occupancy: bool = True,
+) -> Explanation:
+    """Why the job fits no pool now (``occupancy``) or ever (without it), pool by pool.
+
+    With occupancy, pools that pass every static check are counted as fitting
+    only if the job could be placed on them now."""
+    config = config or MatchingConfig()
+    market = _Market(pools, now=now, config=config, leases=leases, jobs=(job,))
+    ready = job.ready_at(now)
+    if not occupancy:
+        return market.explain(job, ready, occupancy=False)
+    part = market.partitions.get(job.stack)
+    if part is None:
+        return market.explain(job, ready, occupancy=True)
+    start = _us(ready)
+    evaluation = market.evaluate(part, job, start, counts=True, open_now=True, capacity_now=start == market.now)
+    assert evaluation.counts is not None  # noqa: S101 - asked for counts
+    counts = dict(evaluation.counts)
+    if market.total - part.n:
+        counts[Reason.WRONG_STACK] = market.total - part.n
+    fit = 0
+    for j in np.flatnonzero(evaluation.alive).tolist():
+        if market.option(job, part.facts[j], ready, start) is not None:
+            fit += 1
+        else:
+            counts[Reason.NO_CAPACITY] = counts.get(Reason.NO_CAPACITY, 0) + 1
+    return Explanation.from_counts(market.total, fit, counts)
+
+
+def check_submission(
+    job: JobSpec, pools: Sequence[PoolOffer], *, now: datetime, config: MatchingConfig | None = None
+) -> Explanation:
+    """The static explanation of a new job; raises :class:`JobNeverFits` if no pool could ever take it."""
+    explanation = explain(job, pools, now=now, config=config, occupancy=False)
+    if explanation.never_fits:
+        raise JobNeverFits(explanation)
+    return explanation

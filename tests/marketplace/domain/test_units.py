@@ -244,6 +244,21 @@ def test_a_negative_slice_is_refused(shape: PoolShape, n: int) -> None:
         slice_ncu(shape, cores=-n)
 
 
+@PROPERTIES
+@given(cpu_only_pools(), st.integers(min_value=1, max_value=16_000))
+def test_accelerator_thousandths_on_a_cpu_only_pool_are_refused(shape: PoolShape, thousandths: int) -> None:
+    # Otherwise the slice would be priced at zero units.
+    with pytest.raises(ValueError):
+        slice_ncu(shape, accelerator_thousandths=thousandths)
+
+
+@PROPERTIES
+@given(accelerated_pools(), st.integers(min_value=1, max_value=512))
+def test_cores_on_an_accelerated_pool_are_refused(shape: PoolShape, cores: int) -> None:
+    with pytest.raises(ValueError):
+        slice_ncu(shape, cores=cores)
+
+
 # --------------------------------------------------------------------------- prices
 
 
@@ -447,20 +462,3 @@ def test_a_supercomputing_pool_counts_fp64_so_an_fp64_poor_card_is_worth_little(
     ascend = PoolShape(ComputeClass.SUPER, 1, None, 0, catalogue_spec("huawei-ascend-910b"), 8)
     with pytest.raises(ValueError):
         price_per_ncu_hour(Decimal(100), ascend)
-
-
-# --------------------------------------------------------------------------- known defects (see report)
-
-
-@pytest.mark.xfail(strict=True, reason="slice_ncu prices a slice of the wrong kind at zero instead of refusing it")
-def test_accelerator_thousandths_on_a_cpu_only_pool_are_refused() -> None:
-    shape = PoolShape(ComputeClass.GENERAL, 1, catalogue_spec("amd-epyc-9654"), 96, None, 0)
-    with pytest.raises(ValueError):
-        slice_ncu(shape, accelerator_thousandths=500)
-
-
-@pytest.mark.xfail(strict=True, reason="slice_ncu prices a slice of the wrong kind at zero instead of refusing it")
-def test_cores_on_an_accelerated_pool_are_refused() -> None:
-    shape = PoolShape(ComputeClass.INTELLIGENT, 1, None, 0, catalogue_spec("nvidia-a100-sxm4-80gb"), 8)
-    with pytest.raises(ValueError):
-        slice_ncu(shape, cores=16)

@@ -385,7 +385,7 @@ class MatchingConfig:
     west_price_tolerance: Decimal = Decimal("0.05")  # 东数西算 band for the earliest and greenest objectives
     reliability_weight: Decimal = Decimal("0.10")  # cost counted up to 10% higher at reliability 0
     latency_tolerant_ms: float = 30.0
-    max_tie_candidates: int = 16
+    max_tie_candidates: int = 8
     max_exact_checks: int = 64  # pools tried in full per job after the vectorised filter
     policy: str = "default"  # packing policy inside a pool
     mix: WorkloadMix | None = None  # None = the mix of the queued jobs' demands

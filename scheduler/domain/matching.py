@@ -151,6 +151,7 @@ _NEVER = 2**62  # "no end" in microseconds
 _EPS = 1e-12  # float ceil guard: q × (1 − ε) so that an exact integer quotient does not round up
 _CAP_MARGIN = 1e-9  # the float price filter lets through pools within this relative margin; checked exactly after
 _FEN = 0.01
+_CHUNK = 64  # pools whose free capacity is checked at a time, best first
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
 
@@ -339,7 +340,7 @@ class _Commitment:
 class _PoolState:
     """The nodes of one pool: free capacity outside the market, and the market's commitments on each node."""
 
-    __slots__ = ("_cluster", "base", "commitments", "facts", "future_start", "now")
+    __slots__ = ("_cluster", "base", "commitments", "facts", "future_start", "now", "pristine")
 
     def __init__(self, facts: PoolFacts, now: int) -> None:
         self.facts = facts
@@ -353,11 +354,13 @@ class _PoolState:
         self.commitments: list[list[_Commitment]] = [[] for _ in self.base]
         self.future_start = _NEVER  # earliest start of a commitment that starts after now
         self._cluster: Cluster | None = None
+        self.pristine = given is None  # every node whole and nothing committed
 
     def add(self, node: int, commitment: _Commitment) -> None:
         if not 0 <= node < len(self.base):
             raise ValueError(f"pool {self.facts.pool.pool_id} has no node {node}")
         self.commitments[node].append(commitment)
+        self.pristine = False
         if commitment.start > self.now:
             self.future_start = min(self.future_start, commitment.start)
         elif self._cluster is not None:
@@ -423,6 +426,13 @@ class _PoolState:
         mix: WorkloadMix | None,
         exclude: frozenset[str] = frozenset(),
     ) -> tuple[tuple[Placement, ...], list[NodeState]] | None:
+        if self.pristine:
+            # identical whole nodes: every policy's choice is equivalent to the first nodes and devices
+            if count > len(self.base) or not self.base[0].fits(demand):
+                return None
+            devices = (0,) if demand.accelerator_milli else tuple(range(demand.accelerators))
+            milli = demand.accelerator_milli or (1000 if demand.accelerators else 0)
+            return tuple(Placement(i, devices, milli) for i in range(count)), self.base
         if start == self.now and end <= self.future_start and not exclude:
             cluster = self.cluster()
             placed = cluster.place_gang(demand, count, policy=policy, mix=mix)
@@ -468,11 +478,145 @@ def _usage(commitments: Iterable[_Commitment], devices: int) -> tuple[int, int, 
 # --- the vectorised view of the offers --------------------------------------------------------------------------------
 
 
+class _DemandView:
+    """A job's demand resolved on every pool of a partition (cached per distinct demand).
+
+    ``rate`` is the cost per hour (unit price × NCU), ``carbon_rate`` the kg of
+    CO2 per hour; the orders rank the partition's pools for each objective."""
+
+    __slots__ = (
+        "adjusted_rate",
+        "adjusted_rate_west",
+        "carbon_rate",
+        "count",
+        "cpu",
+        "device_ok",
+        "memory",
+        "memory_ok",
+        "milli",
+        "nodes_ok",
+        "orders",
+        "rate",
+        "sharing_ok",
+        "size_ok",
+        "whole",
+    )
+
+    def __init__(self, part: _Partition, job: JobSpec, config: MatchingConfig) -> None:
+        n = part.n
+        units = part.units
+        storage_ok = part.storage >= job.storage_gib_per_node
+        device_ok: np.ndarray = units > 0
+        sharing_ok: np.ndarray | None = None
+        memory_ok: np.ndarray | None = None
+        capacity = job.capacity
+        if job.stack is SoftwareStack.CPU:
+            if capacity is not None:
+                per_core = part.tflops[capacity.precision]
+                device_ok = device_ok & (per_core > 0)
+                cores = np.maximum(
+                    np.ceil(float(capacity.tflops) / np.where(per_core > 0, per_core, 1.0) * (1 - _EPS)), 1
+                )
+                cores = cores.astype(np.int64)
+                count = -(-cores // part.units_safe)
+                cpu = -(-cores // count) * 1000
+            else:
+                count = np.full(n, job.nodes, dtype=np.int64)
+                cpu = np.full(n, job.cpu_milli_per_node, dtype=np.int64)
+            memory = (
+                np.full(n, job.memory_mib_per_node, dtype=np.int64)
+                if job.memory_mib_per_node
+                else part.node_memory * cpu // part.node_cpu_safe
+            )
+            milli = np.zeros(n, dtype=np.int64)
+            whole = np.zeros(n, dtype=np.int64)
+            size_ok = (cpu <= part.node_cpu) & storage_ok
+            per_node_units = cpu / 1000
+        else:
+            if capacity is not None:
+                per_device = part.tflops[capacity.precision]
+                device_ok = device_ok & (per_device > 0)
+                need = float(capacity.tflops) / np.where(per_device > 0, per_device, 1.0)
+                wanted_memory = float(capacity.accelerator_memory_gib)
+                if wanted_memory > 0:
+                    known = part.device_memory > 0
+                    need = np.where(
+                        known, np.maximum(need, wanted_memory / np.where(known, part.device_memory, 1)), need
+                    )
+                    memory_ok = known
+                slice_milli = np.ceil(need * 1000 * (1 - _EPS))
+                shared = part.sharing & (slice_milli < 1000)
+                milli = np.where(shared, np.maximum(slice_milli, 1), 0).astype(np.int64)
+                total = np.maximum(np.ceil(need * (1 - _EPS)), 1).astype(np.int64)
+                count = np.where(shared, 1, -(-total // part.units_safe))
+                whole = np.where(shared, 0, -(-total // count))
+            elif job.accelerator_milli:
+                milli = np.full(n, job.accelerator_milli, dtype=np.int64)
+                whole = np.zeros(n, dtype=np.int64)
+                count = np.ones(n, dtype=np.int64)
+                sharing_ok = part.sharing
+                wanted = float(job.accelerator_memory_gib) * (1 - _EPS)
+                memory_ok = part.device_memory * job.accelerator_milli / 1000 >= wanted
+            else:
+                milli = np.zeros(n, dtype=np.int64)
+                whole = np.full(n, job.accelerators_per_node, dtype=np.int64)
+                count = np.full(n, job.nodes, dtype=np.int64)
+                if job.accelerator_memory_gib:
+                    memory_ok = part.device_memory >= float(job.accelerator_memory_gib) * (1 - _EPS)
+            thousandths = whole * 1000 + milli
+            cpu = (
+                np.full(n, job.cpu_milli_per_node, dtype=np.int64)
+                if job.cpu_milli_per_node
+                else part.node_cpu * thousandths // (part.units_safe * 1000)
+            )
+            memory = (
+                np.full(n, job.memory_mib_per_node, dtype=np.int64)
+                if job.memory_mib_per_node
+                else part.node_memory * thousandths // (part.units_safe * 1000)
+            )
+            size_ok = (whole <= units) & (cpu <= part.node_cpu) & storage_ok
+            per_node_units = thousandths / 1000
+        fits_memory = memory <= part.node_memory
+        self.device_ok = device_ok
+        self.sharing_ok = sharing_ok
+        self.size_ok = size_ok
+        self.memory_ok = fits_memory if memory_ok is None else memory_ok & fits_memory
+        self.nodes_ok = count <= part.offered
+        self.count, self.whole, self.milli, self.cpu, self.memory = count, whole, milli, cpu, memory
+        held = count * per_node_units
+        self.rate = part.price * held * part.ncu_unit
+        self.carbon_rate = part.power_kw * held * part.carbon_per_kwh
+        self.adjusted_rate = self.rate * part.cost_factor
+        self.adjusted_rate_west = np.where(
+            part.west, self.adjusted_rate * (1 - float(config.west_price_tolerance)), self.adjusted_rate
+        )
+        self.orders: dict[tuple[Objective, bool], np.ndarray] = {}
+
+    def order(self, objective: Objective, west: bool) -> np.ndarray:
+        """All pools of the partition, best first for the objective (stable: ties keep pool-id order)."""
+        key = (objective, west)
+        order = self.orders.get(key)
+        if order is None:
+            adjusted = self.adjusted_rate_west if west else self.adjusted_rate
+            if objective is Objective.CHEAPEST:
+                order = np.argsort(self.rate, kind="stable")
+            elif objective is Objective.EARLIEST:
+                order = np.argsort(adjusted, kind="stable")
+            else:
+                order = np.lexsort((adjusted, self.carbon_rate))
+            self.orders[key] = order
+        return order
+
+
 class _Partition:
-    """The offers of one software stack as arrays, one entry per pool (sorted by pool id)."""
+    """The offers of one software stack as arrays, one entry per pool (sorted by pool id).
+
+    The masks of single constraints are cached by the constraint's value, so a
+    job's filter is mostly the AND of a dozen cached boolean arrays."""
 
     def __init__(self, facts: list[PoolFacts], model_ids: dict[str, int], config: MatchingConfig) -> None:
         self.facts = facts
+        self.config = config
         n = self.n = len(facts)
         self.position = {f.pool.pool_id: i for i, f in enumerate(facts)}
 
@@ -480,13 +624,14 @@ class _Partition:
             return np.fromiter(values, dtype=dtype, count=n)
 
         pools = [f.pool for f in facts]
+        self.model_ids = model_ids
         self.arch = arr((_ARCH_IDS[p.cpu_architecture] for p in pools), np.int8)
         self.model = arr((model_ids.get(f.model or "", 0) for f in facts), np.int32)
         self.domestic = arr((p.domestic for p in pools), bool)
         self.verified = arr((p.provider_verified for p in pools), bool)
         self.hub = arr((_HUB_IDS.get(p.hub, len(_HUB_IDS)) for p in pools), np.int16)
         self.city = arr((_CITY_IDS.get(p.city, _UNKNOWN_CITY) for p in pools), np.int16)
-        self.interruptible_only = arr((p.pricing_type is PricingType.INTERRUPTIBLE for p in pools), bool)
+        self.for_on_demand = arr((p.pricing_type is not PricingType.INTERRUPTIBLE for p in pools), bool)
         self.sharing = arr((p.sharing_allowed for p in pools), bool)
         self.units = arr((f.units_per_node for f in facts), np.int64)
         self.units_safe = np.maximum(self.units, 1)
@@ -513,6 +658,9 @@ class _Partition:
             (float(p.pue) * float(p.grid_carbon_kg_per_kwh) * (1 - float(p.green_share)) for p in pools), float
         )
         self.cost_factor = 1.0 + float(config.reliability_weight) * (1.0 - self.reliability)
+        self.all_verified = bool(self.verified.all())
+        self.all_on_demand = bool(self.for_on_demand.all())
+        self._cache: dict[tuple, object] = {}
         # free capacity now, per pool (refreshed whenever a pool changes)
         width = int(self.units.max(initial=0)) + 2
         columns = np.arange(width)
@@ -546,14 +694,102 @@ class _Partition:
         self.most_cpu[i] = cpu
         self.most_memory[i] = memory
 
+    # -- cached masks ---------------------------------------------------------------------------------------------
+
+    def _cached(self, key: tuple, make):  # type: ignore[no-untyped-def]
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = make()
+        return value
+
+    def demand(self, job: JobSpec) -> _DemandView:
+        key = (
+            "demand",
+            job.stack,
+            job.capacity,
+            job.accelerators_per_node,
+            job.accelerator_milli,
+            job.nodes,
+            job.cpu_milli_per_node,
+            job.memory_mib_per_node,
+            job.storage_gib_per_node,
+            job.accelerator_memory_gib,
+        )
+        return self._cached(key, lambda: _DemandView(self, job, self.config))
+
+    def device_mask(self, job: JobSpec, view: _DemandView) -> np.ndarray:
+        if not job.device_models:
+            return view.device_ok
+
+        def make() -> np.ndarray:
+            allowed = np.zeros(len(self.model_ids) + 1, dtype=bool)
+            for code in job.device_models:
+                if code in self.model_ids:
+                    allowed[self.model_ids[code]] = True
+            return view.device_ok & allowed[self.model]
+
+        return self._cached(("device", job.device_models, id(view)), make)
+
+    def arch_mask(self, arch: CpuArchitecture) -> np.ndarray:
+        return self._cached(("arch", arch), lambda: self.arch == _ARCH_IDS[arch])
+
+    def hub_mask(self, hubs: frozenset[str]) -> np.ndarray:
+        def make() -> np.ndarray:
+            allowed = np.zeros(len(_HUB_IDS) + 1, dtype=bool)
+            for code in hubs:
+                allowed[_HUB_IDS[code]] = True
+            return allowed[self.hub]
+
+        return self._cached(("hubs", hubs), make)
+
+    def latency_mask(self, city: str, limit: float) -> np.ndarray:
+        return self._cached(("latency", city, limit), lambda: _latency_table()[_CITY_IDS[city]][self.city] <= limit)
+
+    def lease_mask(self, duration: int) -> np.ndarray:
+        return self._cached(("lease", duration), lambda: (self.min_lease <= duration) & (duration <= self.max_lease))
+
+    def window_mask(self, ready: int, duration: int, deadline: int) -> np.ndarray:
+        def make() -> np.ndarray:
+            end_by = self.window_end if deadline >= _NEVER else np.minimum(self.window_end, deadline)
+            return np.maximum(self.window_start, ready) + duration <= end_by
+
+        return self._cached(("window", ready, duration, deadline), make)
+
+    def price_mask(self, cap: Decimal) -> np.ndarray:
+        return self._cached(("price", cap), lambda: self.price <= float(cap))
+
+    def open_mask(self, ready: int) -> np.ndarray:
+        return self._cached(("open", ready), lambda: self.window_start <= ready)
+
+    def has_room(self, view: _DemandView, idx: np.ndarray) -> np.ndarray:
+        """For pools ``idx``: whether their free capacity now could hold the demand (a necessary condition)."""
+        milli = view.milli[idx]
+        width = self.nodes_with.shape[1]
+        whole_ok = self.nodes_with[idx, np.minimum(view.whole[idx], width - 1)] >= view.count[idx]
+        enough = np.where(milli > 0, self.largest_share[idx] >= milli, whole_ok)
+        return enough & (self.most_cpu[idx] >= view.cpu[idx]) & (self.most_memory[idx] >= view.memory[idx])
+
 
 @dataclass(slots=True)
 class _Evaluation:
-    alive: np.ndarray
+    alive: np.ndarray  # passes every static check (and is open at the start, when asked)
     counts: dict[Reason, int] | None
-    cost: np.ndarray
-    carbon: np.ndarray
-    adjusted: np.ndarray
+    view: _DemandView | None
+    hours: float
+    west: bool
+
+    def cost(self, j: int) -> float:
+        assert self.view is not None  # noqa: S101 - only asked of a pool that passed
+        return float(self.view.rate[j]) * self.hours
+
+    def carbon(self, j: int) -> float:
+        assert self.view is not None  # noqa: S101
+        return float(self.view.carbon_rate[j]) * self.hours
+
+    def adjusted(self, j: int) -> float:
+        assert self.view is not None  # noqa: S101
+        rate = self.view.adjusted_rate_west if self.west else self.view.adjusted_rate
+        return float(rate[j]) * self.hours
 
 
 @dataclass(slots=True)
@@ -664,165 +900,65 @@ class _Market:
 
     # -- filter -----------------------------------------------------------------------------------------------------
 
-    def evaluate(
-        self, part: _Partition, job: JobSpec, ready: int, *, counts: bool, open_now: bool, capacity_now: bool
-    ) -> _Evaluation:
-        """The vectorised hard constraints of ``job`` on every pool of the partition (see the module doc)."""
-        n = part.n
-        tally: dict[Reason, int] | None = {} if counts else None
-        alive = np.ones(n, dtype=bool)
-
-        def keep(reason: Reason, ok: np.ndarray | bool) -> None:
-            nonlocal alive
-            if ok is True:
-                return
-            if ok is False:
-                ok = np.zeros(n, dtype=bool)
-            if tally is not None:
+    def evaluate(self, part: _Partition, job: JobSpec, ready: int, *, counts: bool, open_now: bool) -> _Evaluation:
+        """The hard constraints of ``job`` on every pool of the partition, in :class:`Reason` order."""
+        view = part.demand(job)
+        duration = job.duration // _US
+        hours = duration / 3_600_000_000
+        steps: list[tuple[Reason, np.ndarray]] = []
+        if job.cpu_architecture is not None:
+            steps.append((Reason.WRONG_ARCHITECTURE, part.arch_mask(job.cpu_architecture)))
+        steps.append((Reason.WRONG_DEVICE, part.device_mask(job, view)))
+        if job.domestic_only:
+            steps.append((Reason.NOT_DOMESTIC, part.domestic))
+        if not part.all_verified:
+            steps.append((Reason.PROVIDER_UNVERIFIED, part.verified))
+        if job.allowed_hubs:
+            steps.append((Reason.OUTSIDE_HUBS, part.hub_mask(job.allowed_hubs)))
+        if job.max_latency_ms is not None:
+            steps.append((Reason.OVER_LATENCY, part.latency_mask(job.buyer_city or "", job.max_latency_ms)))
+        if not job.interruptible and not part.all_on_demand:
+            steps.append((Reason.INTERRUPTIBLE_ONLY, part.for_on_demand))
+        if view.sharing_ok is not None:
+            steps.append((Reason.NO_SHARING, view.sharing_ok))
+        steps.append((Reason.NODE_TOO_SMALL, view.size_ok))
+        steps.append((Reason.NOT_ENOUGH_MEMORY, view.memory_ok))
+        steps.append((Reason.TOO_FEW_NODES, view.nodes_ok))
+        steps.append((Reason.LEASE_LENGTH, part.lease_mask(duration)))
+        deadline = _NEVER if job.deadline is None else _us(job.deadline)
+        steps.append((Reason.OUTSIDE_WINDOW, part.window_mask(ready, duration, deadline)))
+        if job.max_price_per_ncu_hour is not None:
+            steps.append((Reason.OVER_PRICE_CAP, part.price_mask(job.max_price_per_ncu_hour)))
+        if job.max_total_price is not None:
+            cap = float(job.max_total_price) * (1 + _CAP_MARGIN)
+            steps.append((Reason.OVER_PRICE_CAP, view.rate * hours <= cap))
+        if open_now:
+            steps.append((Reason.NOT_OPEN_YET, part.open_mask(ready)))
+        tally: dict[Reason, int] | None = None
+        if counts:
+            tally = {}
+            alive = np.ones(part.n, dtype=bool)
+            for reason, ok in steps:
                 refused = int(np.count_nonzero(alive & ~ok))
                 if refused:
                     tally[reason] = tally.get(reason, 0) + refused
-            alive &= ok
-
-        duration = job.duration // _US
-        hours = duration / 3_600_000_000
-        units = part.units
-        storage_ok = part.storage >= job.storage_gib_per_node
-        device_ok: np.ndarray | bool = True
-        sharing_ok: np.ndarray | bool = True
-        memory_ok: np.ndarray | bool = True
-        capacity = job.capacity
-        if job.stack is SoftwareStack.CPU:
-            if capacity is not None:
-                per_core = part.tflops[capacity.precision]
-                device_ok = per_core > 0
-                cores = np.maximum(np.ceil(float(capacity.tflops) / np.where(device_ok, per_core, 1.0) * (1 - _EPS)), 1)
-                cores = cores.astype(np.int64)
-                count = -(-cores // part.units_safe)
-                cpu = -(-cores // count) * 1000
-            else:
-                count = np.full(n, job.nodes, dtype=np.int64)
-                cpu = np.full(n, job.cpu_milli_per_node, dtype=np.int64)
-            memory = (
-                np.full(n, job.memory_mib_per_node, dtype=np.int64)
-                if job.memory_mib_per_node
-                else part.node_memory * cpu // part.node_cpu_safe
-            )
-            milli = np.zeros(n, dtype=np.int64)
-            whole = np.zeros(n, dtype=np.int64)
-            size_ok = (cpu <= part.node_cpu) & storage_ok
-            per_node_units = cpu / 1000
-            device_ok = device_ok & (units > 0) if isinstance(device_ok, np.ndarray) else units > 0
+                alive &= ok
         else:
-            device_ok = units > 0
-            if job.device_models:
-                allowed = np.zeros(len(self.model_ids) + 1, dtype=bool)
-                for code in job.device_models:
-                    if code in self.model_ids:
-                        allowed[self.model_ids[code]] = True
-                device_ok = device_ok & allowed[part.model]
-            if capacity is not None:
-                per_device = part.tflops[capacity.precision]
-                device_ok = device_ok & (per_device > 0)
-                need = float(capacity.tflops) / np.where(per_device > 0, per_device, 1.0)
-                wanted_memory = float(capacity.accelerator_memory_gib)
-                if wanted_memory > 0:
-                    known = part.device_memory > 0
-                    need = np.where(
-                        known, np.maximum(need, wanted_memory / np.where(known, part.device_memory, 1)), need
-                    )
-                    memory_ok = known
-                slice_milli = np.ceil(need * 1000 * (1 - _EPS))
-                shared = part.sharing & (slice_milli < 1000)
-                milli = np.where(shared, np.maximum(slice_milli, 1), 0).astype(np.int64)
-                total = np.maximum(np.ceil(need * (1 - _EPS)), 1).astype(np.int64)
-                count = np.where(shared, 1, -(-total // part.units_safe))
-                whole = np.where(shared, 0, -(-total // count))
-            elif job.accelerator_milli:
-                milli = np.full(n, job.accelerator_milli, dtype=np.int64)
-                whole = np.zeros(n, dtype=np.int64)
-                count = np.ones(n, dtype=np.int64)
-                sharing_ok = part.sharing
-                wanted = float(job.accelerator_memory_gib) * (1 - _EPS)
-                memory_ok = part.device_memory * job.accelerator_milli / 1000 >= wanted
-            else:
-                milli = np.zeros(n, dtype=np.int64)
-                whole = np.full(n, job.accelerators_per_node, dtype=np.int64)
-                count = np.full(n, job.nodes, dtype=np.int64)
-                memory_ok = part.device_memory >= float(job.accelerator_memory_gib) * (1 - _EPS)
-            thousandths = whole * 1000 + milli
-            cpu = (
-                np.full(n, job.cpu_milli_per_node, dtype=np.int64)
-                if job.cpu_milli_per_node
-                else part.node_cpu * thousandths // (part.units_safe * 1000)
-            )
-            memory = (
-                np.full(n, job.memory_mib_per_node, dtype=np.int64)
-                if job.memory_mib_per_node
-                else part.node_memory * thousandths // (part.units_safe * 1000)
-            )
-            size_ok = (whole <= units) & (cpu <= part.node_cpu) & storage_ok
-            per_node_units = thousandths / 1000
-        memory_ok = memory_ok & (memory <= part.node_memory)
+            alive = steps[0][1] & steps[1][1] if len(steps) > 1 else steps[0][1].copy()
+            for _, ok in steps[2:]:
+                np.logical_and(alive, ok, out=alive)
+        west = job.tolerates_latency(self.config.latency_tolerant_ms)
+        return _Evaluation(alive=alive, counts=tally, view=view, hours=hours, west=west)
 
-        if job.cpu_architecture is not None:
-            keep(Reason.WRONG_ARCHITECTURE, part.arch == _ARCH_IDS[job.cpu_architecture])
-        keep(Reason.WRONG_DEVICE, device_ok)
-        if job.domestic_only:
-            keep(Reason.NOT_DOMESTIC, part.domestic)
-        keep(Reason.PROVIDER_UNVERIFIED, part.verified)
-        if job.allowed_hubs:
-            hubs = np.zeros(len(_HUB_IDS) + 1, dtype=bool)
-            for code in job.allowed_hubs:
-                hubs[_HUB_IDS[code]] = True
-            keep(Reason.OUTSIDE_HUBS, hubs[part.hub])
-        if job.max_latency_ms is not None:
-            row = _latency_table()[_CITY_IDS[job.buyer_city or ""]]
-            keep(Reason.OVER_LATENCY, row[part.city] <= job.max_latency_ms)
-        if not job.interruptible:
-            keep(Reason.INTERRUPTIBLE_ONLY, ~part.interruptible_only)
-        keep(Reason.NO_SHARING, sharing_ok)
-        keep(Reason.NODE_TOO_SMALL, size_ok)
-        keep(Reason.NOT_ENOUGH_MEMORY, memory_ok)
-        keep(Reason.TOO_FEW_NODES, count <= part.offered)
-        keep(Reason.LEASE_LENGTH, (part.min_lease <= duration) & (duration <= part.max_lease))
-        end_by = part.window_end if job.deadline is None else np.minimum(part.window_end, _us(job.deadline))
-        keep(Reason.OUTSIDE_WINDOW, np.maximum(part.window_start, ready) + duration <= end_by)
-        ncu = count * per_node_units * part.ncu_unit
-        cost = part.price * ncu * hours
-        if job.max_price_per_ncu_hour is not None:
-            keep(Reason.OVER_PRICE_CAP, part.price <= float(job.max_price_per_ncu_hour))
-        if job.max_total_price is not None:
-            keep(Reason.OVER_PRICE_CAP, cost <= float(job.max_total_price) * (1 + _CAP_MARGIN))
-        if open_now:
-            keep(Reason.NOT_OPEN_YET, part.window_start <= ready)
-        if capacity_now:
-            rows = np.arange(n)
-            width = part.nodes_with.shape[1]
-            enough = np.where(
-                milli > 0,
-                part.largest_share >= milli,
-                part.nodes_with[rows, np.minimum(whole, width - 1)] >= count,
-            )
-            keep(Reason.NO_CAPACITY, enough & (part.most_cpu >= cpu) & (part.most_memory >= memory))
-        carbon = part.power_kw * (count * per_node_units) * hours * part.carbon_per_kwh
-        adjusted = cost * part.cost_factor
-        if job.tolerates_latency(self.config.latency_tolerant_ms):
-            adjusted = np.where(part.west, adjusted * (1 - float(self.config.west_price_tolerance)), adjusted)
-        return _Evaluation(alive=alive, counts=tally, cost=cost, carbon=carbon, adjusted=adjusted)
-
-    def ranked(self, job: JobSpec, evaluation: _Evaluation) -> np.ndarray:
-        """Indices of the surviving pools in the order the job's objective prefers them."""
-        idx = np.flatnonzero(evaluation.alive)
-        if idx.size == 0:
-            return idx
-        if job.objective is Objective.CHEAPEST:
-            order = np.argsort(evaluation.cost[idx], kind="stable")
-        elif job.objective is Objective.EARLIEST:
-            order = np.argsort(evaluation.adjusted[idx], kind="stable")
-        else:
-            order = np.lexsort((evaluation.adjusted[idx], np.round(evaluation.carbon[idx], 3)))
-        return idx[order]
+    def ranked(self, part: _Partition, job: JobSpec, evaluation: _Evaluation, *, capacity_now: bool) -> np.ndarray:
+        """Indices of the surviving pools, best first for the job's objective; with ``capacity_now``
+        only those whose free capacity now could hold the job."""
+        assert evaluation.view is not None  # noqa: S101 - set by evaluate
+        order = evaluation.view.order(job.objective, evaluation.west)
+        ranked = order[evaluation.alive[order]]
+        if capacity_now and ranked.size:
+            ranked = ranked[part.has_room(evaluation.view, ranked)]
+        return ranked
 
     # -- exact check and score ---------------------------------------------------------------------------------------
 
@@ -907,46 +1043,50 @@ class _Market:
             growth += fragmentation(after, self.weighted_mix) - fragmentation(node, self.weighted_mix)
         return growth
 
-    def best(self, job: JobSpec, ready: datetime) -> tuple[_Option | None, _Evaluation, np.ndarray]:
+    def best(self, job: JobSpec, ready: datetime) -> _Option | None:
         """The best placement of the job starting at ``ready`` (now or within the lookahead)."""
         part = self.partitions.get(job.stack)
         if part is None:
-            return None, _Evaluation(np.zeros(0, bool), None, *(np.zeros(0),) * 3), np.zeros(0, dtype=np.intp)
+            return None
         start = _us(ready)
-        evaluation = self.evaluate(part, job, start, counts=False, open_now=True, capacity_now=start == self.now)
-        order = self.ranked(job, evaluation)
+        evaluation = self.evaluate(part, job, start, counts=False, open_now=True)
+        ranked = self.ranked(part, job, evaluation, capacity_now=False)
+        check_room = start == self.now
         tied: list[_Option] = []
         bound: tuple[float, float, float] | None = None
         checks = 0
-        for j in order.tolist():
-            if bound is not None:
-                if not self._within(job, evaluation, j, bound):
-                    break
-            elif checks >= self.config.max_exact_checks:
-                break
-            checks += 1
-            option = self.option(job, part.facts[j], ready, start)
-            if option is None:
-                continue
-            if bound is None:
-                bound = (float(evaluation.cost[j]), float(evaluation.carbon[j]), float(evaluation.adjusted[j]))
-            tied.append(option)
-            if len(tied) >= self.config.max_tie_candidates:
-                break
-        if not tied:
-            return None, evaluation, order
-        return self._pick(job, tied), evaluation, order
+        for offset in range(0, ranked.size, _CHUNK):
+            chunk = ranked[offset : offset + _CHUNK]
+            if check_room:
+                assert evaluation.view is not None  # noqa: S101 - set by evaluate
+                chunk = chunk[part.has_room(evaluation.view, chunk)]
+            for j in chunk.tolist():
+                if bound is not None:
+                    if not self._within(job, evaluation, j, bound):
+                        return self._pick(job, tied)
+                elif checks >= self.config.max_exact_checks:
+                    return None
+                checks += 1
+                option = self.option(job, part.facts[j], ready, start)
+                if option is None:
+                    continue
+                if bound is None:
+                    bound = (evaluation.cost(j), evaluation.carbon(j), evaluation.adjusted(j))
+                tied.append(option)
+                if len(tied) >= self.config.max_tie_candidates:
+                    return self._pick(job, tied)
+        return self._pick(job, tied) if tied else None
 
     def _within(self, job: JobSpec, evaluation: _Evaluation, j: int, bound: tuple[float, float, float]) -> bool:
-        """Whether pool j may tie with the first feasible pool (then its exact key decides)."""
+        """Whether pool j may tie with the first feasible pool (then the exact keys decide)."""
         cost, carbon, adjusted = bound
         if job.objective is Objective.CHEAPEST:
-            return float(evaluation.cost[j]) <= cost + _FEN + cost * _CAP_MARGIN
+            return evaluation.cost(j) <= cost + _FEN + cost * _CAP_MARGIN
         if job.objective is Objective.EARLIEST:
-            return float(evaluation.adjusted[j]) <= adjusted * (1 + _CAP_MARGIN)
-        return round(float(evaluation.carbon[j]), 3) <= round(carbon, 3) and float(
-            evaluation.adjusted[j]
-        ) <= adjusted * (1 + _CAP_MARGIN)
+            return evaluation.adjusted(j) <= adjusted * (1 + _CAP_MARGIN)
+        return round(evaluation.carbon(j), 3) <= round(carbon, 3) and evaluation.adjusted(j) <= adjusted * (
+            1 + _CAP_MARGIN
+        )
 
     def _pick(self, job: JobSpec, options: list[_Option]) -> _Option:
         if len(options) > 1:
@@ -1018,9 +1158,7 @@ class _Market:
         fit = 0
         if part is not None:
             start = _us(ready)
-            evaluation = self.evaluate(
-                part, job, start, counts=True, open_now=occupancy, capacity_now=occupancy and start == self.now
-            )
+            evaluation = self.evaluate(part, job, start, counts=True, open_now=occupancy)
             assert evaluation.counts is not None  # noqa: S101 - asked for counts
             for reason, n in evaluation.counts.items():
                 counts[reason] = counts.get(reason, 0) + n
@@ -1038,8 +1176,8 @@ class _Market:
         part = self.partitions.get(job.stack)
         if part is None:
             return None, np.zeros(0, dtype=np.intp)
-        evaluation = self.evaluate(part, job, _us(ready), counts=False, open_now=False, capacity_now=False)
-        return part, self.ranked(job, evaluation)
+        evaluation = self.evaluate(part, job, _us(ready), counts=False, open_now=False)
+        return part, self.ranked(part, job, evaluation, capacity_now=False)
 
     def earliest(self, job: JobSpec, ready: datetime, limit: int) -> list[_Option]:
         """Options with their earliest feasible start on up to ``limit`` pools, in the objective's order."""
@@ -1185,7 +1323,7 @@ def schedule_cycle(
                 job, ready, occupancy=False, note=f"waits for its earliest start {ready.isoformat()}"
             )
             continue
-        option, _, _ = market.best(job, ready)
+        option = market.best(job, ready)
         if option is not None:
             assignment = market.assignment(job, option, market.commit(job, option))
             assignments.append(assignment)
@@ -1271,17 +1409,16 @@ def explain(
     if part is None:
         return market.explain(job, ready, occupancy=True)
     start = _us(ready)
-    evaluation = market.evaluate(part, job, start, counts=True, open_now=True, capacity_now=start == market.now)
+    evaluation = market.evaluate(part, job, start, counts=True, open_now=True)
     assert evaluation.counts is not None  # noqa: S101 - asked for counts
     counts = dict(evaluation.counts)
     if market.total - part.n:
         counts[Reason.WRONG_STACK] = market.total - part.n
-    fit = 0
-    for j in np.flatnonzero(evaluation.alive).tolist():
-        if market.option(job, part.facts[j], ready, start) is not None:
-            fit += 1
-        else:
-            counts[Reason.NO_CAPACITY] = counts.get(Reason.NO_CAPACITY, 0) + 1
+    survivors = int(np.count_nonzero(evaluation.alive))
+    roomy = market.ranked(part, job, evaluation, capacity_now=start == market.now)
+    fit = sum(1 for j in roomy.tolist() if market.option(job, part.facts[j], ready, start) is not None)
+    if survivors - fit:
+        counts[Reason.NO_CAPACITY] = survivors - fit
     return Explanation.from_counts(market.total, fit, counts)
 
 

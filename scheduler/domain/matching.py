@@ -151,6 +151,7 @@ _NEVER = 2**62  # "no end" in microseconds
 _EPS = 1e-12  # float ceil guard: q × (1 − ε) so that an exact integer quotient does not round up
 _CAP_MARGIN = 1e-9  # the float price filter lets through pools within this relative margin; checked exactly after
 _FEN = 0.01
+WHOLE_NODE_SHARE = 0.2  # of the workload mix: whole-node demands, one per node size
 _CHUNK = 64  # pools whose free capacity is checked at a time, best first
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
@@ -856,7 +857,7 @@ class _Market:
             for pool_id, state in self.states.items():
                 if self.where[pool_id][0] is stack:
                     part.refresh(self.where[pool_id][1], state.now_nodes())
-        self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size)
+        self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
         self.weighted_mix = capacity_weighted(self.mix) if self.mix is not None else None
 
     # -- loading --------------------------------------------------------------------------------------------------
@@ -1251,7 +1252,8 @@ class _Market:
                 if kept is not None:
                     removed, option = trial, kept
             units = sum(_commitment_units(leases[lid]) for lid in removed)
-            score = (len(removed), units, rank)
+            lost = sum((self.now - leases[lid][0].start) * _commitment_units(leases[lid]) for lid in removed)
+            score = (len(removed), lost, units, rank)
             if best is None or score < best[0]:
                 best = (score, option, removed)
         if best is None:
@@ -1274,8 +1276,10 @@ def _commitment_units(commitments: list[_Commitment]) -> int:
     return sum(c.demand.accelerator_thousandths or c.demand.cpu_milli for c in commitments)
 
 
-def _queue_mix(jobs: Iterable[JobSpec], size: int) -> WorkloadMix | None:
-    """The workload mix the fragmentation measure expects: the most common per-node demands of the queue."""
+def _queue_mix(jobs: Iterable[JobSpec], size: int, facts: Iterable[PoolFacts]) -> WorkloadMix | None:
+    """The workload mix the fragmentation measure expects: the most common per-node demands of the queue,
+    plus whole-node demands (one per node size of the market) for ``WHOLE_NODE_SHARE`` of the mix, so that
+    breaking a whole node always counts as fragmentation: placements leave nodes either full or whole."""
     counts: dict[SliceDemand, int] = {}
     for job in jobs:
         if job.stack is SoftwareStack.CPU or job.capacity is not None:
@@ -1287,11 +1291,17 @@ def _queue_mix(jobs: Iterable[JobSpec], size: int) -> WorkloadMix | None:
             accelerator_milli=job.accelerator_milli,
         )
         counts[demand] = counts.get(demand, 0) + 1
-    if not counts:
+    sizes = sorted({f.units_per_node for f in facts if f.accelerated})
+    if not counts and not sizes:
         return None
     common = heapq.nsmallest(size, counts.items(), key=lambda item: (-item[1], _demand_order(item[0])))
     total = sum(n for _, n in common)
-    return WorkloadMix(tuple((demand, n / total) for demand, n in common))
+    whole_share = WHOLE_NODE_SHARE if total else 1.0
+    mix: dict[SliceDemand, float] = {demand: (1 - whole_share) * n / total for demand, n in common}
+    for units in sizes:
+        whole = SliceDemand(0, 0, accelerators=units)
+        mix[whole] = mix.get(whole, 0.0) + whole_share / len(sizes)
+    return WorkloadMix(tuple(sorted(mix.items(), key=lambda item: _demand_order(item[0]))))
 
 
 def _demand_order(demand: SliceDemand) -> tuple[int, int, int, int]:

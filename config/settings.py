@@ -163,7 +163,32 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+# Scheduling: one cycle every CX_CYCLE_SECONDS over the whole market, or, with
+# CX_SCHEDULER_SHARDS="JJJ,YRD,…", one cycle per hub on its own queue
+# ("scheduler.<HUB>"), so N workers can each take some hubs (-Q scheduler.GZ).
+CX_CYCLE_SECONDS = float(os.environ.get("CX_CYCLE_SECONDS", "15"))
+CX_SCHEDULER_SHARDS = [h for h in os.environ.get("CX_SCHEDULER_SHARDS", "").split(",") if h]
+CELERY_BEAT_SCHEDULE: dict[str, dict] = (
+    {
+        f"scheduling-cycle-{hub}": {
+            "task": "scheduler.tasks.run_scheduling_cycle",
+            "schedule": CX_CYCLE_SECONDS,
+            "kwargs": {"hub": hub},
+            "options": {"queue": f"scheduler.{hub}", "expires": CX_CYCLE_SECONDS},
+        }
+        for hub in CX_SCHEDULER_SHARDS
+    }
+    if CX_SCHEDULER_SHARDS
+    else {
+        "scheduling-cycle": {
+            "task": "scheduler.tasks.run_scheduling_cycle",
+            "schedule": CX_CYCLE_SECONDS,
+            "options": {"expires": CX_CYCLE_SECONDS},
+        }
+    }
+)
+# Platform commission (合作分成) by provider category; the default is 8%.
+CX_COMMISSION_RATES: dict[str, str] = {"provider": os.environ.get("CX_COMMISSION_RATE", "0.08")}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 LOGGING = {

@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include("marketplace.api.urls")),
+    path("api/v1/", include("scheduler.api.urls")),
 ]

@@ -89,3 +89,44 @@ def pool(user: User, site_: Site, **overrides) -> ResourcePool:
     }
     values.update(overrides)
     return services.pool_create(site=site_, actor=user, **values)
+
+
+def offer(user: User, pool_: ResourcePool, **overrides):
+    from scheduler import services as scheduler_services
+
+    values = {"nodes_offered": pool_.node_count, "list_price": Decimal("0.0200")}
+    values.update(overrides)
+    return scheduler_services.offer_create(pool=pool_, actor=user, **values)
+
+
+def job_values(**overrides) -> dict:
+    """A job as the API's validated data: 8 whole CUDA accelerators on one node for two hours."""
+    values = {
+        "name": "fine-tune a vision model",
+        "image": "registry.example/vision:1.4",
+        "command": ["python", "train.py"],
+        "software_stack": "cuda",
+        "accelerators_per_node": 8,
+        "nodes": 1,
+        "duration_seconds": 2 * 3600,
+    }
+    values.update(overrides)
+    return values
+
+
+def submit(user: User, **overrides):
+    from scheduler import services as scheduler_services
+
+    return scheduler_services.job_submit(user=user, values=job_values(**overrides))
+
+
+def market(*, pools: int = 1, nodes: int = 2, **pool_overrides):
+    """A verified provider with one site and ``pools`` offered pools."""
+    provider_user = provider()
+    site_ = site(provider_user)
+    made = []
+    for i in range(pools):
+        made_pool = pool(provider_user, site_, name=f"pool {i}", node_count=nodes, **pool_overrides)
+        offer(provider_user, made_pool)
+        made.append(made_pool)
+    return provider_user, made

@@ -1,0 +1,220 @@
+"""Read side of the scheduler: the market as the matching engine sees it,
+and queries scoped to the caller."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import Q, QuerySet
+
+from billing.domain import pricing
+from marketplace.domain.units import pool_ncu
+from marketplace.models import Role, VerificationStatus
+from scheduler.domain import demand as engine
+from scheduler.domain.capacity import Hold
+from scheduler.domain.packing import NodeShape
+from scheduler.models import HOLDING_LEASE_STATES, Job, Lease, Offer, OfferStatus
+
+POOL_RELATED = (
+    "pool",
+    "pool__site",
+    "pool__site__provider",
+    "pool__cpu_model",
+    "pool__accelerator_model",
+)
+
+
+def market_offers(*, hub: str | None = None, at: datetime | None = None) -> QuerySet[Offer]:
+    """Active offers of verified providers on active pools (the market)."""
+    qs = Offer.objects.filter(
+        status=OfferStatus.ACTIVE,
+        pool__status="active",
+        pool__site__provider__verification_status=VerificationStatus.VERIFIED,
+    ).select_related(*POOL_RELATED)
+    if at is not None:
+        qs = qs.filter(Q(window_end__isnull=True) | Q(window_end__gt=at))
+    if hub:
+        qs = qs.filter(pool__site__hub=hub)
+    return qs
+
+
+def holding_leases(offer_ids: Iterable[int] | None = None, *, after: datetime | None = None) -> QuerySet[Lease]:
+    qs = Lease.objects.filter(status__in=HOLDING_LEASE_STATES)
+    if offer_ids is not None:
+        qs = qs.filter(offer_id__in=list(offer_ids))
+    if after is not None:
+        qs = qs.filter(end__gt=after)
+    return qs
+
+
+def offer_node_shape(offer: Offer) -> NodeShape:
+    pool = offer.pool
+    return NodeShape(
+        cpu_milli=pool.cpu_cores_per_node * 1000,
+        memory_mib=pool.memory_gb_per_node * 1024,
+        accelerators=pool.accelerators_per_node,
+        accelerator_model=pool.accelerator_model.code if pool.accelerator_model_id else None,
+    )
+
+
+def lease_holds(lease: Lease) -> list[Hold]:
+    return [Hold.from_record(record, lease.start, lease.end) for record in lease.allocations]
+
+
+def price_rules(offer: Offer) -> pricing.PriceRules:
+    """The offer's pricing rules as the pricing module's dataclass."""
+    rules = offer.price_rules or {}
+    kwargs: dict = {"list_price": offer.list_price, "pricing_type": pricing.PricingType(offer.pricing_type)}
+    if rules.get("commitment_tiers"):
+        kwargs["commitment_tiers"] = tuple(
+            pricing.CommitmentTier(Decimal(str(t["min_hours"])), Decimal(str(t["discount"])))
+            for t in rules["commitment_tiers"]
+        )
+    if rules.get("interruptible"):
+        kwargs["interruptible"] = pricing.InterruptibleCurve(
+            **{k: Decimal(str(v)) for k, v in rules["interruptible"].items()}
+        )
+    if rules.get("time_of_use"):
+        tou = rules["time_of_use"]
+        kwargs["time_of_use"] = pricing.TimeOfUse(
+            peak_hours=frozenset(int(h) for h in tou.get("peak_hours", range(8, 22))),
+            peak_factor=Decimal(str(tou.get("peak_factor", "1.20"))),
+            off_peak_factor=Decimal(str(tou.get("off_peak_factor", "0.80"))),
+        )
+    if rules.get("green"):
+        kwargs["green"] = pricing.GreenDiscount(**{k: Decimal(str(v)) for k, v in rules["green"].items()})
+    if rules.get("volume_tiers"):
+        kwargs["volume_tiers"] = tuple(
+            pricing.VolumeTier(Decimal(str(t["from_ncu_hours"])), Decimal(str(t["discount"])))
+            for t in rules["volume_tiers"]
+        )
+    return pricing.PriceRules(**kwargs)
+
+
+def effective_unit_price(offer: Offer, *, at: datetime, utilisation: Decimal) -> Decimal:
+    """The price per NCU-hour a lease made at ``at`` locks (before volume tiers)."""
+    return pricing.lock_price(
+        pricing.unit_price(
+            price_rules(offer),
+            at=at,
+            utilisation=utilisation,
+            green_share=offer.pool.site.green_share,
+            commitment_hours=offer.min_lease_hours,
+        )
+    )
+
+
+def engine_inputs(
+    *, now: datetime, hub: str | None = None
+) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
+    """The market for one cycle: offers as the engine's PoolOffers, holding
+    leases as its Leases, and the Offer rows by engine pool id."""
+    offers = list(market_offers(hub=hub, at=now))
+    by_key = {f"offer:{o.pk}": o for o in offers}
+    leases = list(
+        holding_leases(after=now)
+        .filter(offer_id__in=[o.pk for o in offers])
+        .values("id", "job_id", "job__buyer_id", "offer_id", "start", "end", "allocations", "interruptible", "ncu")
+    )
+    held_ncu: dict[int, Decimal] = defaultdict(Decimal)
+    engine_leases: list[engine.Lease] = []
+    for row in leases:
+        holds = [Hold.from_record(r, row["start"], row["end"]) for r in row["allocations"]]
+        if row["start"] <= now:
+            held_ncu[row["offer_id"]] += row["ncu"]
+        engine_leases.append(
+            engine.Lease(
+                lease_id=str(row["id"]),
+                job_id=str(row["job_id"]),
+                org_id=str(row["job__buyer_id"]),
+                pool_id=f"offer:{row['offer_id']}",
+                start=row["start"],
+                end=row["end"],
+                allocations=tuple(engine.NodeAllocation(h.placement(), h.demand()) for h in holds),
+                interruptible=row["interruptible"],
+                ncu=row["ncu"],
+            )
+        )
+    pool_offers = []
+    for key, offer in by_key.items():
+        pool = offer.pool
+        site = pool.site
+        shape = replace(pool.shape(), node_count=offer.nodes_offered)
+        total_ncu = pool_ncu(shape)
+        utilisation = min(Decimal(1), held_ncu[offer.pk] / total_ncu) if total_ncu else Decimal(0)
+        accelerator = pool.accelerator_model
+        pool_offers.append(
+            engine.PoolOffer(
+                pool_id=key,
+                identifier=pool.identifier,
+                provider_id=str(site.provider_id),
+                site_id=str(site.pk),
+                hub=site.hub,
+                city=site.city,
+                stack=pool.software_stack,
+                cpu_architecture=pool.cpu_architecture,
+                shape=shape,
+                node_memory_mib=pool.memory_gb_per_node * 1024,
+                node_storage_gib=pool.storage_gb_per_node,
+                unit_price=effective_unit_price(offer, at=now, utilisation=utilisation),
+                window_start=offer.window_start,
+                window_end=offer.window_end,
+                pricing_type=offer.pricing_type,
+                accelerator_memory_gib=(accelerator.memory_gb or Decimal(0)) if accelerator else Decimal(0),
+                unit_power_w=_unit_power(pool),
+                domestic=bool(accelerator.domestic) if accelerator else pool.cpu_model.domestic,
+                provider_verified=site.provider.verification_status == VerificationStatus.VERIFIED,
+                pue=site.pue,
+                green_share=site.green_share,
+                grid_carbon_kg_per_kwh=site.grid_factor,
+                sharing_allowed=pool.sharing_allowed,
+                min_lease=hours(offer.min_lease_hours),
+                max_lease=hours(offer.max_lease_hours) if offer.max_lease_hours else None,
+            )
+        )
+    return pool_offers, engine_leases, by_key
+
+
+def hours(value: Decimal) -> timedelta:
+    return timedelta(seconds=int(value * 3600))
+
+
+def _unit_power(pool) -> Decimal:
+    if pool.accelerator_model_id:
+        return Decimal(pool.accelerator_model.power_w)
+    cores = pool.cpu_model.cores or 1
+    return Decimal(pool.cpu_model.power_w) / cores
+
+
+def jobs_visible_to(user: object) -> QuerySet[Job]:
+    qs = Job.objects.all()
+    if getattr(user, "role", "") == Role.OPERATOR:
+        return qs
+    return qs.filter(buyer_id=getattr(user, "organisation_id", None))
+
+
+def offers_visible_to(user: object) -> QuerySet[Offer]:
+    """The market's offers, plus a provider's own (any state); operators see all."""
+    qs = Offer.objects.select_related(*POOL_RELATED)
+    if getattr(user, "role", "") == Role.OPERATOR:
+        return qs
+    visible = Q(status=OfferStatus.ACTIVE, pool__site__provider__verification_status=VerificationStatus.VERIFIED)
+    if getattr(user, "role", "") == Role.PROVIDER:
+        visible |= Q(pool__site__provider_id=getattr(user, "organisation_id", None))
+    return qs.filter(visible)
+
+
+def leases_visible_to(user: object) -> QuerySet[Lease]:
+    """Buyers see their jobs' leases, providers the leases on their pools, operators all."""
+    qs = Lease.objects.select_related("pool", "job")
+    role = getattr(user, "role", "")
+    if role == Role.OPERATOR:
+        return qs
+    org = getattr(user, "organisation_id", None)
+    if role == Role.PROVIDER:
+        return qs.filter(pool__site__provider_id=org)
+    return qs.filter(job__buyer_id=org)

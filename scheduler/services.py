@@ -1,0 +1,557 @@
+"""The verbs of the scheduler: list offers, submit and cancel jobs, run a
+scheduling cycle. One transaction each, every state change audited; the job
+and lease status change only through :func:`job_transition` and
+:func:`lease_transition` (or their bulk forms inside a cycle)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from billing.domain import pricing
+from core.audit import audit_many, audit_record
+from core.errors import Conflict, Forbidden, IllegalTransition, InvalidInput
+from marketplace.models import ResourcePool, Role, User
+from scheduler import selectors
+from scheduler.domain import demand as engine
+from scheduler.domain import matching
+from scheduler.domain.capacity import Hold, fits, hold_from
+from scheduler.models import (
+    FINAL_JOB_STATES,
+    HOLDING_LEASE_STATES,
+    Job,
+    JobStatus,
+    Lease,
+    LeaseStatus,
+    Offer,
+    OfferStatus,
+)
+
+log = logging.getLogger(__name__)
+
+JOB_TRANSITIONS: dict[str, set[str]] = {
+    JobStatus.SUBMITTED: {JobStatus.QUEUED, JobStatus.CANCELLED, JobStatus.FAILED},
+    JobStatus.QUEUED: {JobStatus.SCHEDULED, JobStatus.CANCELLED, JobStatus.FAILED},
+    JobStatus.SCHEDULED: {
+        JobStatus.RUNNING,
+        JobStatus.QUEUED,
+        JobStatus.CANCELLED,
+        JobStatus.FAILED,
+        JobStatus.PREEMPTED,
+    },
+    JobStatus.RUNNING: {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.CANCELLED,
+        JobStatus.PREEMPTED,
+        JobStatus.QUEUED,
+    },
+    JobStatus.PREEMPTED: {JobStatus.QUEUED, JobStatus.CANCELLED},
+    JobStatus.SUCCEEDED: set(),
+    JobStatus.FAILED: set(),
+    JobStatus.CANCELLED: set(),
+}
+
+LEASE_TRANSITIONS: dict[str, set[str]] = {
+    LeaseStatus.SCHEDULED: {LeaseStatus.RUNNING, LeaseStatus.CANCELLED, LeaseStatus.PREEMPTED, LeaseStatus.LOST},
+    LeaseStatus.RUNNING: {
+        LeaseStatus.COMPLETED,
+        LeaseStatus.FAILED,
+        LeaseStatus.LOST,
+        LeaseStatus.PREEMPTED,
+        LeaseStatus.CANCELLED,
+    },
+    LeaseStatus.COMPLETED: set(),
+    LeaseStatus.FAILED: set(),
+    LeaseStatus.LOST: set(),
+    LeaseStatus.PREEMPTED: set(),
+    LeaseStatus.CANCELLED: set(),
+}
+
+
+# --- state machines --------------------------------------------------------------------------------------------------
+
+
+def job_transition(
+    *, job: Job, to: str, actor: User | None, reason: str = "", data: dict[str, Any] | None = None
+) -> Job:
+    """Move a job to ``to`` if the transition table allows it from its current
+    state: a conditional UPDATE (two callers cannot both win), audited."""
+    with transaction.atomic():
+        current = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
+        if current is None or to not in JOB_TRANSITIONS[current]:
+            raise IllegalTransition(entity=f"Job {job.pk}", current=current or "missing", target=to)
+        now = timezone.now()
+        fields: dict[str, Any] = {"status": to, "status_changed_at": now}
+        if to == JobStatus.QUEUED:
+            fields["queued_at"] = now
+        if to != JobStatus.QUEUED:
+            fields["pending_reason"] = ""
+        if not Job.objects.filter(pk=job.pk, status=current).update(**fields):
+            raise IllegalTransition(entity=f"Job {job.pk}", current=current, target=to)
+        audit_record(
+            actor=actor, action="job.transition", entity=job, from_state=current, to_state=to, reason=reason, data=data
+        )
+    job.refresh_from_db()
+    return job
+
+
+def lease_transition(*, lease: Lease, to: str, actor: User | None, reason: str = "") -> Lease:
+    with transaction.atomic():
+        current = Lease.objects.filter(pk=lease.pk).values_list("status", flat=True).first()
+        if current is None or to not in LEASE_TRANSITIONS[current]:
+            raise IllegalTransition(entity=f"Lease {lease.pk}", current=current or "missing", target=to)
+        fields: dict[str, Any] = {"status": to}
+        if to not in HOLDING_LEASE_STATES:
+            fields["ended_at"] = timezone.now()
+        if not Lease.objects.filter(pk=lease.pk, status=current).update(**fields):
+            raise IllegalTransition(entity=f"Lease {lease.pk}", current=current, target=to)
+        Offer.objects.filter(pk=lease.offer_id).update(generation=F("generation") + 1)
+        audit_record(
+            actor=actor, action="lease.transition", entity=lease, from_state=current, to_state=to, reason=reason
+        )
+    lease.refresh_from_db()
+    return lease
+
+
+def models_F(name: str):
+    from django.db.models import F
+
+    return F(name)
+
+
+# --- offers ----------------------------------------------------------------------------------------------------------
+
+
+def _check_price_rules(rules: dict[str, Any], *, list_price: Decimal, pricing_type: str) -> None:
+    probe = Offer(list_price=list_price, pricing_type=pricing_type, price_rules=rules)
+    try:
+        selectors.price_rules(probe)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise InvalidInput(f"price rules are not valid: {exc}", field="price_rules") from None
+
+
+@transaction.atomic
+def offer_create(
+    *,
+    pool: ResourcePool,
+    actor: User,
+    nodes_offered: int,
+    list_price: Decimal,
+    window_start: datetime | None = None,
+    window_end: datetime | None = None,
+    pricing_type: str = "on_demand",
+    price_rules: dict[str, Any] | None = None,
+    min_lease_hours: Decimal = Decimal(0),
+    max_lease_hours: Decimal | None = None,
+) -> Offer:
+    """List some nodes of a pool. The nodes of a pool's active offers never
+    add up to more than the pool has."""
+    if actor.organisation_id != pool.site.provider_id:
+        raise Forbidden("only the pool's provider lists offers on it")
+    locked = ResourcePool.objects.select_for_update().get(pk=pool.pk)
+    if locked.status != "active":
+        raise InvalidInput("the pool is retired", field="pool")
+    listed = Offer.objects.filter(pool=locked, status=OfferStatus.ACTIVE).aggregate(n=Sum("nodes_offered"))["n"] or 0
+    if nodes_offered < 1:
+        raise InvalidInput("an offer lists at least one node", field="nodes_offered")
+    if listed + nodes_offered > locked.node_count:
+        raise InvalidInput(
+            f"the pool has {locked.node_count} nodes and {listed} are already offered; "
+            f"at most {locked.node_count - listed} more can be",
+            field="nodes_offered",
+        )
+    if list_price <= 0:
+        raise InvalidInput("the price per NCU-hour must be positive", field="list_price")
+    start = window_start or timezone.now()
+    if window_end is not None and window_end <= start:
+        raise InvalidInput("the window ends after it starts", field="window_end")
+    if min_lease_hours < 0:
+        raise InvalidInput("the minimum lease cannot be negative", field="min_lease_hours")
+    if max_lease_hours is not None and max_lease_hours < max(min_lease_hours, Decimal("0.01")):
+        raise InvalidInput("the maximum lease is at least the minimum", field="max_lease_hours")
+    rules = price_rules or {}
+    _check_price_rules(rules, list_price=list_price, pricing_type=pricing_type)
+    offer = Offer.objects.create(
+        pool=locked,
+        nodes_offered=nodes_offered,
+        window_start=start,
+        window_end=window_end,
+        pricing_type=pricing_type,
+        list_price=list_price,
+        price_rules=rules,
+        min_lease_hours=min_lease_hours,
+        max_lease_hours=max_lease_hours,
+    )
+    audit_record(
+        actor=actor,
+        action="offer.created",
+        entity=offer,
+        to_state=OfferStatus.ACTIVE,
+        data={"pool": locked.identifier, "nodes": nodes_offered, "list_price": str(list_price)},
+    )
+    transaction.on_commit(_kick_scheduler)
+    return offer
+
+
+@transaction.atomic
+def offer_withdraw(*, offer: Offer, actor: User, reason: str = "") -> Offer:
+    """Withdraw an offer: no new leases on it; leases already made run on."""
+    updated = Offer.objects.filter(pk=offer.pk, status=OfferStatus.ACTIVE).update(status=OfferStatus.WITHDRAWN)
+    if not updated:
+        raise IllegalTransition(entity=f"Offer {offer.pk}", current=offer.status, target=OfferStatus.WITHDRAWN)
+    audit_record(
+        actor=actor,
+        action="offer.withdrawn",
+        entity=offer,
+        from_state=OfferStatus.ACTIVE,
+        to_state=OfferStatus.WITHDRAWN,
+        reason=reason,
+    )
+    offer.refresh_from_db()
+    return offer
+
+
+# --- jobs ------------------------------------------------------------------------------------------------------------
+
+JOB_FIELDS = (
+    "name",
+    "image",
+    "command",
+    "device_models",
+    "capacity_tflops",
+    "capacity_precision",
+    "capacity_accelerator_memory_gib",
+    "accelerators_per_node",
+    "accelerator_milli",
+    "nodes",
+    "cpu_milli_per_node",
+    "memory_mib_per_node",
+    "storage_gib_per_node",
+    "accelerator_memory_gib",
+    "software_stack",
+    "cpu_architecture",
+    "duration_seconds",
+    "earliest_start",
+    "deadline",
+    "max_price_per_ncu_hour",
+    "max_total_price",
+    "allowed_hubs",
+    "buyer_city",
+    "max_latency_ms",
+    "domestic_only",
+    "interruptible",
+    "objective",
+    "retry_on_loss",
+)
+
+
+def job_spec(job: Job) -> engine.JobSpec:
+    """The engine's view of a job (raises the engine's JobSpecError, a 400, for impossible combinations)."""
+    capacity = None
+    if job.capacity_tflops:
+        capacity = engine.CapacityDemand(
+            tflops=Decimal(job.capacity_tflops),
+            precision=job.capacity_precision or "fp16",
+            accelerator_memory_gib=Decimal(job.capacity_accelerator_memory_gib),
+        )
+    return engine.JobSpec(
+        job_id=str(job.pk) if job.pk else "new",
+        org_id=str(job.buyer_id),
+        submitted_at=job.queued_at or job.created_at or timezone.now(),
+        stack=job.software_stack,
+        duration=timedelta(seconds=job.duration_seconds),
+        device_models=frozenset(job.device_models or ()),
+        capacity=capacity,
+        accelerators_per_node=job.accelerators_per_node,
+        accelerator_milli=job.accelerator_milli,
+        nodes=job.nodes,
+        cpu_milli_per_node=job.cpu_milli_per_node,
+        memory_mib_per_node=job.memory_mib_per_node,
+        storage_gib_per_node=job.storage_gib_per_node,
+        accelerator_memory_gib=Decimal(job.accelerator_memory_gib),
+        cpu_architecture=job.cpu_architecture or None,
+        earliest_start=job.earliest_start,
+        deadline=job.deadline,
+        max_price_per_ncu_hour=job.max_price_per_ncu_hour,
+        max_total_price=job.max_total_price,
+        allowed_hubs=frozenset(job.allowed_hubs or ()),
+        buyer_city=job.buyer_city or None,
+        max_latency_ms=job.max_latency_ms,
+        domestic_only=job.domestic_only,
+        interruptible=job.interruptible,
+        objective=job.objective,
+        priority=job.priority,
+    )
+
+
+def _require_buyer(user: User) -> None:
+    if user.role != Role.BUYER or user.organisation is None:
+        raise Forbidden("only buyer organisations submit jobs")
+
+
+def job_draft(*, user: User, values: dict[str, Any]) -> Job:
+    """An unsaved job from validated API values, checked by the engine's rules."""
+    unknown = set(values) - set(JOB_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown field {sorted(unknown)[0]}", field=sorted(unknown)[0])
+    job = Job(buyer=user.organisation, submitted_by=user, **values)
+    if not job.buyer_city:
+        job.buyer_city = user.organisation.city
+    job.created_at = timezone.now()
+    if job.deadline is not None and job.deadline <= job.created_at:
+        raise InvalidInput("the deadline has already passed", field="deadline")
+    job_spec(job)  # validates combinations; raises JobSpecError (400) naming the field
+    return job
+
+
+def job_submit(*, user: User, values: dict[str, Any]) -> Job:
+    """Submit a job: validated, refused at once with the reason if no pool of
+    the market could ever run it, else queued for the scheduler."""
+    _require_buyer(user)
+    job = job_draft(user=user, values=values)
+    now = timezone.now()
+    pool_offers, _leases, _rows = selectors.engine_inputs(now=now)
+    explanation = matching.check_submission(job_spec(job), pool_offers, now=now)
+    with transaction.atomic():
+        job.save()
+        audit_record(
+            actor=user,
+            action="job.submitted",
+            entity=job,
+            to_state=JobStatus.SUBMITTED,
+            data={"explanation": explanation.as_dict()},
+        )
+        job = job_transition(job=job, to=JobStatus.QUEUED, actor=user, reason=explanation.message)
+        transaction.on_commit(_kick_scheduler)
+    return job
+
+
+def job_cancel(*, job: Job, actor: User, reason: str = "") -> Job:
+    """Cancel a job in any non-final state; its holding lease ends with it."""
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if locked.status in FINAL_JOB_STATES:
+            raise IllegalTransition(entity=f"Job {job.pk}", current=locked.status, target=JobStatus.CANCELLED)
+        for lease in Lease.objects.filter(job=locked, status__in=HOLDING_LEASE_STATES):
+            lease_transition(lease=lease, to=LeaseStatus.CANCELLED, actor=actor, reason=reason or "job cancelled")
+        return job_transition(job=locked, to=JobStatus.CANCELLED, actor=actor, reason=reason or "cancelled by buyer")
+
+
+def _kick_scheduler() -> None:
+    from scheduler.tasks import run_scheduling_cycle
+
+    try:
+        run_scheduling_cycle.delay()
+    except Exception:  # the beat runs a cycle soon anyway
+        log.warning("could not enqueue a scheduling cycle", exc_info=True)
+
+
+# --- the scheduling cycle --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CycleReport:
+    queued: int = 0
+    assigned: int = 0
+    pending: int = 0
+    refused_at_commit: int = 0
+    preempted: int = 0
+    seconds: float = 0.0
+    lease_ids: list[int] = field(default_factory=list)
+
+
+def cycle_run(*, hub: str | None = None, limit: int = 20_000, now: datetime | None = None) -> CycleReport:
+    """One scheduling cycle. Claims queued jobs with ``FOR UPDATE SKIP LOCKED``
+    (several workers take disjoint jobs), matches them in the pure engine,
+    then locks the offers it places jobs on (in id order) and re-verifies
+    every placement against the leases committed meanwhile before writing
+    it: capacity is never overbooked, whatever other workers did. All of it
+    is one transaction, so a worker killed mid-cycle leaves no half-made
+    lease and its jobs stay queued."""
+    started = timezone.now()
+    now = now or started
+    report = CycleReport()
+    with transaction.atomic():
+        claimed = Job.objects.select_for_update(skip_locked=True).filter(status=JobStatus.QUEUED)
+        if hub:
+            claimed = claimed.filter(_hub_shard_q(hub))
+        jobs = list(claimed.order_by("queued_at", "id")[:limit])
+        report.queued = len(jobs)
+        if not jobs:
+            return report
+        pool_offers, leases, rows = selectors.engine_inputs(now=now, hub=hub)
+        by_id = {str(job.pk): job for job in jobs}
+        specs = [job_spec(job) for job in jobs]
+        result = matching.schedule_cycle(specs, pool_offers, leases, now)
+        preempted_jobs = _apply_preemptions(result.preemptions, now=now)
+        report.preempted = len(preempted_jobs)
+        written = _write_assignments(result.assignments, rows, by_id, now=now)
+        report.assigned = len(written)
+        report.lease_ids = [lease.pk for lease in written]
+        placed = {str(lease.job_id) for lease in written}
+        report.refused_at_commit = len(result.assignments) - len(written)
+        pending_updates = []
+        for job_id, explanation in result.pending.items():
+            job = by_id[job_id]
+            message = explanation.message
+            if job.pending_reason != message:
+                job.pending_reason = message
+                job.pending_detail = explanation.as_dict()
+                pending_updates.append(job)
+        for assignment in result.assignments:
+            if assignment.job_id not in placed:
+                job = by_id[assignment.job_id]
+                job.pending_reason = "capacity was taken by another scheduler meanwhile; retrying next cycle"
+                pending_updates.append(job)
+        Job.objects.bulk_update(pending_updates, ["pending_reason", "pending_detail"], batch_size=1000)
+        report.pending = len(result.pending) + report.refused_at_commit
+    report.seconds = (timezone.now() - started).total_seconds()
+    return report
+
+
+def _hub_shard_q(hub: str):
+
+    return Q(allowed_hubs__contains=[hub]) | Q(allowed_hubs=[])
+
+
+def _apply_preemptions(preemptions: tuple[matching.Preemption, ...], *, now: datetime) -> set[int]:
+    jobs: set[int] = set()
+    for preemption in preemptions:
+        lease = (
+            Lease.objects.select_for_update()
+            .filter(pk=int(preemption.lease_id), status__in=HOLDING_LEASE_STATES)
+            .first()
+        )
+        if lease is None:
+            continue
+        reason = f"preempted for on-demand job {preemption.by_job_id}"
+        lease_transition(lease=lease, to=LeaseStatus.PREEMPTED, actor=None, reason=reason)
+        job = Job.objects.get(pk=lease.job_id)
+        job_transition(job=job, to=JobStatus.PREEMPTED, actor=None, reason=reason)
+        job_transition(job=job, to=JobStatus.QUEUED, actor=None, reason="back in the queue after preemption")
+        jobs.add(job.pk)
+    return jobs
+
+
+def _write_assignments(
+    assignments: tuple[matching.Assignment, ...],
+    rows: dict[str, Offer],
+    jobs: dict[str, Job],
+    *,
+    now: datetime,
+) -> list[Lease]:
+    """Lock the offers, re-verify each placement against what is committed
+    now, and write the leases and job transitions that still fit."""
+    if not assignments:
+        return []
+    offer_ids = sorted({rows[a.pool_id].pk for a in assignments})
+    locked = {o.pk: o for o in Offer.objects.select_for_update().filter(pk__in=offer_ids).order_by("pk")}
+    committed: dict[int, list[Hold]] = defaultdict(list)
+    for lease in selectors.holding_leases(offer_ids, after=now).only("offer_id", "start", "end", "allocations"):
+        committed[lease.offer_id].extend(selectors.lease_holds(lease))
+    leases: list[Lease] = []
+    for a in assignments:
+        offer = rows[a.pool_id]
+        if offer.pk not in locked or locked[offer.pk].status != OfferStatus.ACTIVE:
+            continue
+        holds = [hold_from(al.placement, al.demand, a.start, a.end) for al in a.allocations]
+        if not fits(selectors.offer_node_shape(offer), offer.nodes_offered, committed[offer.pk], holds):
+            continue
+        committed[offer.pk].extend(holds)
+        leases.append(
+            Lease(
+                job=jobs[a.job_id],
+                offer_id=offer.pk,
+                pool_id=offer.pool_id,
+                start=a.start,
+                end=a.end,
+                allocations=[h.as_record() for h in holds],
+                pricing_type=str(a.pricing_type),
+                unit_price=a.unit_price,
+                ncu=a.ncu,
+                ncu_hours=a.ncu_hours,
+                estimated_cost=a.estimated_cost,
+                energy_kwh=a.energy_kwh,
+                carbon_kg=a.carbon_kg,
+                interruptible=a.interruptible,
+            )
+        )
+    if not leases:
+        return []
+    Lease.objects.bulk_create(leases, batch_size=1000)
+    job_ids = [lease.job_id for lease in leases]
+    moved = Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).update(
+        status=JobStatus.SCHEDULED, status_changed_at=now, pending_reason="", pending_detail={}
+    )
+    if moved != len(job_ids):  # a job left the queue under us: undo the whole cycle rather than guess
+        raise Conflict("a claimed job changed state during the cycle")
+    for offer_id in {lease.offer_id for lease in leases}:
+        Offer.objects.filter(pk=offer_id).update(generation=F("generation") + 1)
+    entries: list[dict[str, Any]] = []
+    for lease in leases:
+        entries.append(
+            {
+                "action": "job.transition",
+                "entity": lease.job,
+                "from_state": JobStatus.QUEUED,
+                "to_state": JobStatus.SCHEDULED,
+                "reason": f"placed on {lease.pool_id} from {lease.start.isoformat()}",
+                "data": {"lease": lease.pk, "unit_price": str(lease.unit_price), "pricing_type": lease.pricing_type},
+            }
+        )
+        entries.append(
+            {
+                "action": "lease.created",
+                "entity": lease,
+                "to_state": LeaseStatus.SCHEDULED,
+                "data": {"job": lease.job_id, "offer": lease.offer_id, "allocations": lease.allocations},
+            }
+        )
+    audit_many(entries)
+    return leases
+
+
+# --- quotes ----------------------------------------------------------------------------------------------------------
+
+
+def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str, Any]:
+    """The best few placements of a job spec, priced, without submitting it."""
+    _require_buyer(user)
+    job = job_draft(user=user, values=values)
+    now = timezone.now()
+    pool_offers, leases, rows = selectors.engine_inputs(now=now)
+    result = matching.quote(job_spec(job), pool_offers, leases, now=now, limit=limit)
+    options = []
+    for option in result.options:
+        offer = rows[option.pool_id]
+        breakdown = pricing.quote(
+            selectors.price_rules(offer),
+            ncu_hours=option.ncu_hours,
+            start=option.start,
+            end=option.end,
+            commission_rate=commission_rate_for(offer),
+            green_share=offer.pool.site.green_share,
+            commitment_hours=offer.min_lease_hours,
+        )
+        options.append({"assignment": option, "offer": offer, "breakdown": breakdown})
+    return {"options": options, "explanation": result.explanation}
+
+
+DEFAULT_COMMISSION = Decimal("0.08")
+
+
+def commission_rate_for(offer: Offer) -> Decimal:
+    """The platform's commission (合作分成) on this offer's provider."""
+    from django.conf import settings
+
+    rates = {k: Decimal(v) for k, v in getattr(settings, "CX_COMMISSION_RATES", {}).items()}
+    return pricing.commission_rate_for(offer.pool.site.provider.category, rates, default=DEFAULT_COMMISSION)

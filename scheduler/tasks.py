@@ -1,0 +1,28 @@
+"""Celery tasks of the scheduler: thin, id-only wrappers around services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import OperationalError
+
+from scheduler import services
+
+
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def run_scheduling_cycle(hub: str | None = None) -> dict[str, float | int]:
+    """Run one scheduling cycle (all hubs, or one hub's shard). Idempotent:
+    a cycle only places jobs that are still queued."""
+    report = services.cycle_run(hub=hub)
+    return {
+        "queued": report.queued,
+        "assigned": report.assigned,
+        "pending": report.pending,
+        "preempted": report.preempted,
+        "seconds": report.seconds,
+    }

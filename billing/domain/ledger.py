@@ -58,6 +58,10 @@ class TransactionKind(StrEnum):
     CAPTURE = "capture"
     RELEASE = "release"
     PAYOUT = "payout"
+    DEBT_REPAYMENT = "debt_repayment"
+    DISPUTE = "dispute"
+    DISPUTE_RESOLVED = "dispute_resolved"
+    ADJUSTMENT = "adjustment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +226,41 @@ def capture(
             f"is not the gross {gross}.",
             field="charge",
         )
-    postings = [Posting(held, -gross)]
+    return capture_funded(
+        sources=((held, gross),),
+        provider_payable=provider_payable,
+        platform_commission=platform_commission,
+        charge=charge,
+        reference=reference,
+    )
+
+
+def capture_funded(
+    *,
+    sources: tuple[tuple[str, Decimal], ...],
+    provider_payable: str,
+    platform_commission: str,
+    charge: Charge,
+    reference: str,
+) -> TransactionDraft:
+    """A metered charge paid from several sources in order (the buyer's held
+    funds, then available balance, then a debt account that goes negative by
+    what is owed): the provider share to ``provider_payable``, the commission
+    to ``platform_commission``. Sources of zero are left out; they must add up
+    to the gross exactly."""
+    gross = _positive(charge.gross, "capture")
+    commission = as_decimal(charge.commission, "commission")
+    provider_share = as_decimal(charge.provider_share, "provider_share")
+    if commission < 0 or provider_share < 0 or commission + provider_share != gross:
+        raise LedgerError(
+            f"The charge does not split: commission {commission} + provider share {provider_share} "
+            f"is not the gross {gross}.",
+            field="charge",
+        )
+    funded = [(account, as_decimal(amount, "source")) for account, amount in sources]
+    if any(amount < 0 for _, amount in funded) or sum((a for _, a in funded), Decimal(0)) != gross:
+        raise LedgerError(f"The sources of capture {reference} do not add up to its gross {gross}.", field="sources")
+    postings = [Posting(account, -amount) for account, amount in funded if amount]
     if provider_share:
         postings.append(Posting(provider_payable, provider_share))
     if commission:
@@ -263,4 +301,19 @@ def payout(*, provider_payable: str, clearing: str, amount: Decimal, reference: 
         amount=value,
         reference=reference,
         memo=f"Payout of {value} CNY ({reference}).",
+    )
+
+
+def transfer(
+    *, kind: TransactionKind, source: str, destination: str, amount: Decimal, reference: str, memo: str
+) -> TransactionDraft:
+    """A plain movement of a positive amount between two accounts (debt
+    repayment, dispute hold-back and its resolution, operator adjustments)."""
+    return _transfer(
+        kind,
+        source=source,
+        destination=destination,
+        amount=_positive(amount, kind.value),
+        reference=reference,
+        memo=memo,
     )

@@ -138,9 +138,11 @@ class LeaseStatus(models.TextChoices):
     LOST = "lost", "Lost"
     PREEMPTED = "preempted", "Preempted"
     CANCELLED = "cancelled", "Cancelled"
+    SUSPENDED = "suspended", "Suspended (unpaid usage)"
 
 
-HOLDING_LEASE_STATES = (LeaseStatus.SCHEDULED, LeaseStatus.RUNNING)
+# Leases that keep their capacity: a suspended lease keeps its nodes while the buyer settles.
+HOLDING_LEASE_STATES = (LeaseStatus.SCHEDULED, LeaseStatus.RUNNING, LeaseStatus.SUSPENDED)
 
 
 class Lease(models.Model):
@@ -161,6 +163,12 @@ class Lease(models.Model):
     energy_kwh = models.DecimalField(max_digits=14, decimal_places=3, default=Decimal(0))
     carbon_kg = models.DecimalField(max_digits=14, decimal_places=3, default=Decimal(0))
     interruptible = models.BooleanField(default=False)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    progress_percent = models.DecimalField(max_digits=5, decimal_places=2, null=True, blank=True)
+    progress_message = models.CharField(max_length=500, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    final_message = models.TextField(blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -170,7 +178,7 @@ class Lease(models.Model):
             models.CheckConstraint(condition=Q(end__gt=models.F("start")), name="lease_window_ordered"),
             models.UniqueConstraint(
                 fields=["job"],
-                condition=Q(status__in=["scheduled", "running"]),
+                condition=Q(status__in=["scheduled", "running", "suspended"]),
                 name="one_holding_lease_per_job",
             ),
         ]
@@ -178,3 +186,46 @@ class Lease(models.Model):
 
     def __str__(self) -> str:
         return f"Lease {self.pk} of job {self.job_id}"
+
+
+class Agent(models.Model):
+    """A provider's agent credential: a bearer token (stored hashed) and an
+    HMAC secret that signs usage samples. Rotating replaces both; revoking
+    ends them."""
+
+    provider = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="agents")
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    secret = models.CharField(max_length=128, help_text="HMAC key for usage signatures")
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("id",)
+
+    def __str__(self) -> str:
+        return f"Agent {self.name} of {self.provider_id}"
+
+    @property
+    def is_authenticated(self) -> bool:  # lets DRF treat the agent as request.user
+        return self.revoked_at is None
+
+
+class Rating(models.Model):
+    """A buyer's rating of a completed lease (1–5)."""
+
+    lease = models.OneToOneField(Lease, on_delete=models.PROTECT, related_name="rating")
+    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="ratings_given")
+    provider = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="ratings_received")
+    score = models.PositiveSmallIntegerField()
+    comment = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("id",)
+        constraints = [models.CheckConstraint(condition=Q(score__gte=1, score__lte=5), name="rating_1_to_5")]
+
+    def __str__(self) -> str:
+        return f"{self.score}/5 for lease {self.lease_id}"

@@ -68,6 +68,15 @@ LEASE_TRANSITIONS: dict[str, set[str]] = {
         LeaseStatus.LOST,
         LeaseStatus.PREEMPTED,
         LeaseStatus.CANCELLED,
+        LeaseStatus.SUSPENDED,
+    },
+    # A suspended lease (usage not covered) resumes once the buyer pays, or ends.
+    LeaseStatus.SUSPENDED: {
+        LeaseStatus.RUNNING,
+        LeaseStatus.COMPLETED,
+        LeaseStatus.FAILED,
+        LeaseStatus.LOST,
+        LeaseStatus.CANCELLED,
     },
     LeaseStatus.COMPLETED: set(),
     LeaseStatus.FAILED: set(),

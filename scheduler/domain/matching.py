@@ -124,7 +124,6 @@ from scheduler.domain.packing import (
     Placement,
     SliceDemand,
     WorkloadMix,
-    capacity_weighted,
     fragmentation,
     place_gang,
 )
@@ -858,7 +857,6 @@ class _Market:
                 if self.where[pool_id][0] is stack:
                     part.refresh(self.where[pool_id][1], state.now_nodes())
         self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
-        self.weighted_mix = capacity_weighted(self.mix) if self.mix is not None else None
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -1034,14 +1032,14 @@ class _Market:
         return (option.carbon_kg, option.adjusted, option.frag, option.start, pool.pool_id)
 
     def fragmentation_growth(self, option: _Option) -> float:
-        if self.weighted_mix is None:
+        if self.mix is None:
             return 0.0
         growth = 0.0
         for placement in option.placements:
             node = option.nodes_used[placement.node]
             after = node.copy()
             after.allocate(placement, option.resolved.demand)
-            growth += fragmentation(after, self.weighted_mix) - fragmentation(node, self.weighted_mix)
+            growth += fragmentation(after, self.mix) - fragmentation(node, self.mix)
         return growth
 
     def best(self, job: JobSpec, ready: datetime) -> _Option | None:
@@ -1296,7 +1294,7 @@ def _queue_mix(jobs: Iterable[JobSpec], size: int, facts: Iterable[PoolFacts]) -
         return None
     common = heapq.nsmallest(size, counts.items(), key=lambda item: (-item[1], _demand_order(item[0])))
     total = sum(n for _, n in common)
-    whole_share = WHOLE_NODE_SHARE if total else 1.0
+    whole_share = (WHOLE_NODE_SHARE if total else 1.0) if sizes else 0.0
     mix: dict[SliceDemand, float] = {demand: (1 - whole_share) * n / total for demand, n in common}
     for units in sizes:
         whole = SliceDemand(0, 0, accelerators=units)

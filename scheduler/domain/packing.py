@@ -290,6 +290,8 @@ def _average_ratios(mix: WorkloadMix) -> tuple[float | None, float]:
 # leaves about one point more of the accelerator capacity unallocated.
 STRANDING_WEIGHT = 4.0
 
+_TABLE_CELLS = 2_000_000  # largest cumulative weight table kept per mix (else weights are summed per node)
+
 
 class _MixTable:
     """A mix compiled against the accelerator models of a cluster, for vectorised fragmentation.
@@ -329,12 +331,28 @@ class _MixTable:
         self.row_class = np.zeros((len(rows), len(classes)))
         for r, row in enumerate(rows):
             self.row_class[r, row[0]] = row[3]
+        # weight by (model, CPU rank, memory rank) as a 2-D cumulative table, when that stays small
+        self.cpu_values = np.unique(self.row_cpu)
+        self.memory_values = np.unique(self.row_memory)
+        size = len(models) * (len(self.cpu_values) + 1) * (len(self.memory_values) + 1) * len(classes)
+        self.cumulative: np.ndarray | None = None
+        if size <= _TABLE_CELLS:
+            table = np.zeros((len(models), len(self.cpu_values) + 1, len(self.memory_values) + 1, len(classes)))
+            a = np.searchsorted(self.cpu_values, self.row_cpu) + 1
+            b = np.searchsorted(self.memory_values, self.row_memory) + 1
+            for model_id in range(len(models)):
+                np.add.at(table[model_id], (a, b), self.row_class * self.row_allowed[model_id][:, None])
+            self.cumulative = table.cumsum(axis=1).cumsum(axis=2)
         cpu_per_milli, self.memory_per_milli = _average_ratios(mix)
         self.stranding = cpu_per_milli is not None
         self.cpu_per_milli = cpu_per_milli or 0.0
 
     def class_weights(self, model_ids: np.ndarray, cpu: np.ndarray, memory: np.ndarray) -> np.ndarray:
         """(nodes, classes): probability of each class's demands the nodes' CPU, memory and model can host."""
+        if self.cumulative is not None:
+            a = np.searchsorted(self.cpu_values, cpu, side="right")
+            b = np.searchsorted(self.memory_values, memory, side="right")
+            return self.cumulative[model_ids, a, b]
         hosts = (self.row_cpu <= cpu[:, None]) & (self.row_memory <= memory[:, None]) & self.row_allowed[model_ids]
         return hosts @ self.row_class
 
@@ -359,15 +377,30 @@ class _MixTable:
 
 
 class _Scores:
-    """Cached per-node answer of the default policy for one demand, valid while the node's version holds."""
+    """Cached per-node answer of the default policy for one demand, valid while the node's version holds.
 
-    __slots__ = ("delta", "device", "secondary", "stamp")
+    ``device_free`` is, for a shared slice, the free share of the device to put it on (any device of the
+    node with that free share is equivalent; the lowest index is used).
+    """
+
+    __slots__ = ("delta", "device_free", "secondary", "stamp")
 
     def __init__(self, n: int) -> None:
         self.stamp = np.full(n, -1, dtype=np.int64)
         self.delta = np.full(n, _INF)
         self.secondary = np.zeros(n)
-        self.device = np.zeros(n, dtype=np.intp)
+        self.device_free = np.zeros(n, dtype=np.int64)
+
+
+class _NodeTerms:
+    """Per node, for one mix: usable share per threshold and the expected usable share (cached by version)."""
+
+    __slots__ = ("stamp", "term", "usable")
+
+    def __init__(self, n: int, thresholds: int) -> None:
+        self.stamp = np.full(n, -1, dtype=np.int64)
+        self.usable = np.zeros((n, thresholds), dtype=np.int64)
+        self.term = np.zeros(n)
 
 
 _TABLES: dict[tuple[int, tuple[str | None, ...]], tuple[WorkloadMix, _MixTable]] = {}
@@ -407,6 +440,7 @@ class Cluster:
         self._total = self._free.sum(axis=1)
         self._version = np.zeros(n, dtype=np.int64)
         self._scores: dict[tuple[int, SliceDemand], tuple[_MixTable, _Scores]] = {}
+        self._terms: dict[int, tuple[_MixTable, _NodeTerms]] = {}
         self._cpu_scale = float(max([node.shape.cpu_milli for node in self.nodes] + [1]))
         self._accelerator_scale = float(self._devices * WHOLE_DEVICE_MILLI)
 
@@ -540,7 +574,11 @@ class Cluster:
             steps = np.floor(delta[candidates] / _TIE)
             order = candidates[np.lexsort((candidates, scores.secondary[candidates], steps))[:count]].tolist()
         if demand.accelerator_milli:
-            return tuple(Placement(i, (int(scores.device[i]),), demand.accelerator_milli) for i in order)
+            chosen = []
+            for i in order:
+                device = self.nodes[i].free_milli.index(int(scores.device_free[i]))
+                chosen.append(Placement(i, (device,), demand.accelerator_milli))
+            return tuple(chosen)
         return tuple(self._placement(i, demand) for i in order)
 
     def _default_scores(self, demand: SliceDemand, table: _MixTable) -> _Scores:
@@ -553,57 +591,80 @@ class Cluster:
             self._scores[key] = (table, scores)
         stale = np.flatnonzero(scores.stamp != self._version)
         if stale.size:
-            self._score_default(stale, demand, table, scores)
             scores.stamp[stale] = self._version[stale]
+            fits = self.feasible_among(stale, demand)
+            scores.delta[stale[~fits]] = _INF
+            if fits.any():
+                self._score_default(stale[fits], demand, table, scores)
         return scores
 
-    def _score_default(self, nodes: np.ndarray, demand: SliceDemand, table: _MixTable, scores: _Scores) -> None:
-        """Growth of fragmentation plus weighted growth of stranding if the demand went to each node.
+    def feasible_among(self, nodes: np.ndarray, demand: SliceDemand) -> np.ndarray:
+        """``feasible(demand)`` restricted to the given node indices."""
+        mask = (self._cpu[nodes] >= demand.cpu_milli) & (self._memory[nodes] >= demand.memory_mib)
+        if demand.accelerator_milli:
+            mask &= self._largest[nodes] >= demand.accelerator_milli
+        elif demand.accelerators:
+            mask &= self._whole[nodes] >= demand.accelerators
+        if demand.accelerator_thousandths and demand.allowed_models:
+            mask &= self._allowed(demand)[self._model[nodes]]
+        return mask
 
-        inf where it does not fit; for a shared slice, also the best device of each node.
-        """
+    def _node_terms(self, table: _MixTable, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Usable share per threshold and expected usable share of the given nodes, from the per-mix cache."""
+        cached = self._terms.get(id(table))
+        if cached is None or cached[0] is not table:
+            cached = self._terms[id(table)] = (table, _NodeTerms(len(self.nodes), len(table.thresholds)))
+        terms = cached[1]
+        stale = nodes[terms.stamp[nodes] != self._version[nodes]]
+        if stale.size:
+            usable = table.usable(self._free[stale])
+            weights = table.class_weights(self._model[stale], self._cpu[stale], self._memory[stale])
+            terms.usable[stale] = usable
+            terms.term[stale] = table.term(usable, weights)
+            terms.stamp[stale] = self._version[stale]
+        return terms.usable[nodes], terms.term[nodes]
+
+    def _score_default(self, nodes: np.ndarray, demand: SliceDemand, table: _MixTable, scores: _Scores) -> None:
+        """Growth of fragmentation plus weighted growth of stranding if the demand went to each of the nodes
+        (all of which fit it); for a shared slice, also the free share of the best device of each node."""
         cpu = self._cpu[nodes]
         memory = self._memory[nodes]
-        models = self._model[nodes]
-        free = self._free[nodes]
         total = self._total[nodes]
         taken = demand.accelerator_thousandths
         cpu_after = cpu - demand.cpu_milli
         memory_after = memory - demand.memory_mib
-        fits = (cpu_after >= 0) & (memory_after >= 0)
-        if taken and demand.allowed_models:
-            fits &= self._allowed(demand)[models]
-        usable = table.usable(free)
-        before = table.term(usable, table.class_weights(models, cpu, memory))
-        weights_after = table.class_weights(models, cpu_after, memory_after)
-        stranding = 0.0
+        usable, before = self._node_terms(table, nodes)
+        weights_after = table.class_weights(self._model[nodes], cpu_after, memory_after)
+        # fragmentation = total - term, so its growth is (term before - term after) - taken
+        base = before - taken
         if table.stranding:
-            stranding = STRANDING_WEIGHT * (
+            base += STRANDING_WEIGHT * (
                 table.stranded(total - taken, cpu_after, memory_after) - table.stranded(total, cpu, memory)
             )
-        # fragmentation = total - term, so its growth is (term before - term after) - taken
-        base = before - taken + stranding
         scores.secondary[nodes] = 0.5 * cpu_after / self._cpu_scale + 0.5 * (total - taken) / self._accelerator_scale
-        if demand.accelerator_milli:
-            share = demand.accelerator_milli
-            left = free - share  # (nodes, devices): each device's free share if the slice went there
-            thresholds = table.thresholds
-            change = left[..., None] * (left[..., None] >= thresholds) - free[..., None] * (
-                free[..., None] >= thresholds
-            )
-            after = table.term(usable[:, None, :] + change, weights_after[:, None, :])
-            delta = np.where((free >= share) & fits[:, None], base[:, None] - after, _INF)
-            best = delta.min(axis=1)
-            # within the node: the smallest growth, then the device left with the least free share
-            tied = delta <= best[:, None] + _TIE
-            scores.device[nodes] = np.where(tied, left, WHOLE_DEVICE_MILLI + 1).argmin(axis=1)
-            scores.delta[nodes] = best
+        if not demand.accelerator_milli:
+            if demand.accelerators:
+                usable = usable - taken  # whole devices count at every threshold
+            scores.delta[nodes] = base - table.term(usable, weights_after)
             return
-        if demand.accelerators:
-            fits &= self._whole[nodes] >= demand.accelerators
-            usable = usable - taken  # whole devices count at every threshold
-        after = table.term(usable, weights_after)
-        scores.delta[nodes] = np.where(fits, base - after, _INF)
+        # a shared slice: one candidate per distinct free share (>= the slice) among each node's devices
+        share = demand.accelerator_milli
+        ordered = np.sort(self._free[nodes], axis=1)
+        distinct = np.ones(ordered.shape, dtype=bool)
+        distinct[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        rows, columns = np.nonzero(distinct & (ordered >= share))  # row-major: each node's candidates ascending
+        free = ordered[rows, columns]
+        left = free - share
+        thresholds = table.thresholds
+        change = left[:, None] * (left[:, None] >= thresholds) - free[:, None] * (free[:, None] >= thresholds)
+        delta = base[rows] - table.term(usable[rows] + change, weights_after[rows])
+        # every node has a candidate (it fits), so ``rows`` numbers the nodes 0..n-1 in order
+        best = np.minimum.reduceat(delta, np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]))
+        # within the node: the smallest growth, then the device left with the least free share (the first tied)
+        tied = np.flatnonzero(delta <= best[rows] + _TIE)
+        first = tied[np.r_[True, rows[tied][1:] != rows[tied][:-1]]]
+        scores.delta[nodes] = best
+        scores.device_free[nodes] = free[first]
 
 
 def place(

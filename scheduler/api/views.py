@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -137,6 +139,16 @@ class OfferWithdrawView(APIView):
 # --- jobs ------------------------------------------------------------------------------------------------------------
 
 
+SCHEDULING_HORIZON = timedelta(days=2 * 366)
+
+
+def _within_horizon(moment: datetime | None) -> datetime | None:
+    """Jobs are planned at most about two years ahead: later dates are refused, not computed with."""
+    if moment is not None and moment > timezone.now() + SCHEDULING_HORIZON:
+        raise serializers.ValidationError(f"is more than {SCHEDULING_HORIZON.days} days ahead; plan closer to the date")
+    return moment
+
+
 class JobInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     image = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
@@ -187,6 +199,12 @@ class JobInput(serializers.Serializer):
     interruptible = serializers.BooleanField(default=False)
     objective = serializers.ChoiceField(choices=Objective.choices, default=Objective.CHEAPEST)
     retry_on_loss = serializers.BooleanField(default=True)
+
+    def validate_earliest_start(self, value: datetime | None) -> datetime | None:
+        return _within_horizon(value)
+
+    def validate_deadline(self, value: datetime | None) -> datetime | None:
+        return _within_horizon(value)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("capacity_tflops") and not attrs.get("capacity_precision"):

@@ -78,26 +78,44 @@ def test_a_provider_cannot_offer_another_providers_pool(provider):
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"nodes_offered": 0}, "nodes_offered"),
-        ({"nodes_offered": "many"}, "nodes_offered"),
-        ({"list_price": "0"}, "list_price"),
-        ({"list_price": "-1"}, "list_price"),
-        ({"list_price": "cheap"}, "list_price"),
-        ({"pricing_type": "barter"}, "pricing_type"),
-        ({"window_start": "2031-01-02T00:00:00Z", "window_end": "2031-01-01T00:00:00Z"}, "window_end"),
-        ({"window_end": "not a date"}, "window_end"),
-        ({"min_lease_hours": "-1"}, "min_lease_hours"),
-        ({"min_lease_hours": "10", "max_lease_hours": "5"}, "max_lease_hours"),
-        ({"price_rules": "discounts please"}, "price_rules"),
-        ({"pool": ""}, "pool"),
-        ({"pool": "9" * 30}, "pool"),
-        ({"nodes_offered": 10**30}, "nodes_offered"),
-        ({"price_rules": {"commitment_tiers": [{"min_hours": "x", "discount": "0.1"}]}}, "price_rules"),
-        ({"price_rules": {"commitment_tiers": [{"min_hours": "10"}]}}, "price_rules"),
-        ({"price_rules": {"commitment_tiers": [{"min_hours": "10", "discount": "1.5"}]}}, "price_rules"),
-        ({"price_rules": {"green": {"max_discount": "-1"}}}, "price_rules"),
-        ({"price_rules": {"volume_tiers": "lots"}}, "price_rules"),
-        ({"pricing_type": "interruptible", "price_rules": {"interruptible": {"floor_ratio": "2"}}}, "price_rules"),
+        pytest.param(*({"nodes_offered": 0}, "nodes_offered"), id="no-nodes"),
+        pytest.param(*({"nodes_offered": "many"}, "nodes_offered"), id="nodes-not-a-number"),
+        pytest.param(*({"list_price": "0"}, "list_price"), id="free"),
+        pytest.param(*({"list_price": "-1"}, "list_price"), id="negative-price"),
+        pytest.param(*({"list_price": "cheap"}, "list_price"), id="price-not-a-number"),
+        pytest.param(*({"pricing_type": "barter"}, "pricing_type"), id="unknown-pricing-type"),
+        pytest.param(
+            *({"window_start": "2031-01-02T00:00:00Z", "window_end": "2031-01-01T00:00:00Z"}, "window_end"),
+            id="window-backwards",
+        ),
+        pytest.param(*({"window_end": "not a date"}, "window_end"), id="window-end-not-a-date"),
+        pytest.param(*({"min_lease_hours": "-1"}, "min_lease_hours"), id="negative-minimum-lease"),
+        pytest.param(
+            *({"min_lease_hours": "10", "max_lease_hours": "5"}, "max_lease_hours"), id="maximum-below-minimum"
+        ),
+        pytest.param(*({"price_rules": "discounts please"}, "price_rules"), id="rules-not-an-object"),
+        pytest.param(*({"pool": ""}, "pool"), id="blank-pool"),
+        pytest.param(*({"pool": "9" * 30}, "pool"), id="absurd-pool-id"),
+        pytest.param(*({"nodes_offered": 10**30}, "nodes_offered"), id="absurd-node-count"),
+        pytest.param(
+            *({"price_rules": {"commitment_tiers": [{"min_hours": "x", "discount": "0.1"}]}}, "price_rules"),
+            id="tier-hours-not-a-number",
+        ),
+        pytest.param(
+            *({"price_rules": {"commitment_tiers": [{"min_hours": "10"}]}}, "price_rules"), id="tier-without-discount"
+        ),
+        pytest.param(
+            *({"price_rules": {"commitment_tiers": [{"min_hours": "10", "discount": "1.5"}]}}, "price_rules"),
+            id="tier-discount-above-one",
+        ),
+        pytest.param(
+            *({"price_rules": {"green": {"max_discount": "-1"}}}, "price_rules"), id="negative-green-discount"
+        ),
+        pytest.param(*({"price_rules": {"volume_tiers": "lots"}}, "price_rules"), id="volume-tiers-not-a-list"),
+        pytest.param(
+            *({"pricing_type": "interruptible", "price_rules": {"interruptible": {"floor_ratio": "2"}}}, "price_rules"),
+            id="interruptible-floor-above-one",
+        ),
     ],
 )
 def test_bad_offer_input_is_a_400_naming_the_field(provider, overrides, field):

@@ -135,6 +135,13 @@ SPECTACULAR_SETTINGS = {
         "CityEnum": "marketplace.models.CITY_CHOICES",
         "CpuArchitectureEnum": "marketplace.models.ARCHITECTURE_CHOICES",
         "SoftwareStackEnum": "marketplace.models.STACK_CHOICES",
+        "VerificationStatusEnum": "marketplace.models.VerificationStatus",
+        "PoolStatusEnum": "marketplace.models.PoolStatus",
+        "OfferStatusEnum": "scheduler.models.OfferStatus",
+        "JobStatusEnum": "scheduler.models.JobStatus",
+        "LeaseStatusEnum": "scheduler.models.LeaseStatus",
+        "StatementStatusEnum": "billing.models.StatementStatus",
+        "HoldStatusEnum": "billing.models.HoldStatus",
     },
 }
 
@@ -187,6 +194,15 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = (
         }
     }
 )
+# Agents: a running lease with no heartbeat for this long is lost; a scheduled
+# lease not started this long after its start is lost too.
+CX_HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("CX_HEARTBEAT_TIMEOUT_SECONDS", "90"))
+CX_ACK_TIMEOUT_SECONDS = float(os.environ.get("CX_ACK_TIMEOUT_SECONDS", "300"))
+CELERY_BEAT_SCHEDULE["watch-leases"] = {
+    "task": "scheduler.tasks.watch_leases",
+    "schedule": float(os.environ.get("CX_WATCH_SECONDS", "15")),
+    "options": {"expires": 15},
+}
 # Platform commission (合作分成) by provider category; the default is 8%.
 CX_COMMISSION_RATES: dict[str, str] = {"provider": os.environ.get("CX_COMMISSION_RATE", "0.08")}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

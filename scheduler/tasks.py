@@ -26,3 +26,15 @@ def run_scheduling_cycle(hub: str | None = None) -> dict[str, float | int]:
         "preempted": report.preempted,
         "seconds": report.seconds,
     }
+
+
+@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def watch_leases() -> list[int]:
+    """Declare lost the leases whose heartbeats stopped (or that never started);
+    their jobs go back to the queue. Returns the lost lease ids."""
+    from scheduler.execution import leases_watch
+
+    lost = leases_watch()
+    if lost:
+        run_scheduling_cycle.delay()
+    return lost

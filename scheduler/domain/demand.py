@@ -398,7 +398,7 @@ class MatchingConfig:
     max_reservations: int = 1
     reservation_pool_limit: int = 64
     preemption: bool = True
-    preemption_pool_limit: int = 32
+    preemption_pool_limit: int = 8
     # quotes
     quote_pool_limit: int = 64
 

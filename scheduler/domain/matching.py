@@ -151,7 +151,7 @@ _EPS = 1e-12  # float ceil guard: q × (1 − ε) so that an exact integer quoti
 _CAP_MARGIN = 1e-9  # the float price filter lets through pools within this relative margin; checked exactly after
 _FEN = 0.01
 WHOLE_NODE_SHARE = 0.2  # of the workload mix: whole-node demands, one per node size
-_CHUNK = 64  # pools whose free capacity is checked at a time, best first
+_CHUNK = 64  # pools whose free capacity is checked at first (then 4× more each time), best first
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
 
@@ -340,7 +340,7 @@ class _Commitment:
 class _PoolState:
     """The nodes of one pool: free capacity outside the market, and the market's commitments on each node."""
 
-    __slots__ = ("_cluster", "base", "commitments", "facts", "future_start", "now", "pristine")
+    __slots__ = ("_cluster", "base", "commitments", "facts", "future_start", "interruptible", "now", "pristine")
 
     def __init__(self, facts: PoolFacts, now: int) -> None:
         self.facts = facts
@@ -355,12 +355,15 @@ class _PoolState:
         self.future_start = _NEVER  # earliest start of a commitment that starts after now
         self._cluster: Cluster | None = None
         self.pristine = given is None  # every node whole and nothing committed
+        self.interruptible = 0  # interruptible lease commitments held (candidates for preemption)
 
     def add(self, node: int, commitment: _Commitment) -> None:
         if not 0 <= node < len(self.base):
             raise ValueError(f"pool {self.facts.pool.pool_id} has no node {node}")
         self.commitments[node].append(commitment)
         self.pristine = False
+        if commitment.interruptible and commitment.kind == "lease":
+            self.interruptible += 1
         if commitment.start > self.now:
             self.future_start = min(self.future_start, commitment.start)
         elif self._cluster is not None:
@@ -372,6 +375,7 @@ class _PoolState:
             keep = [c for c in held if c.lease_id not in lease_ids]
             removed.extend(c for c in held if c.lease_id in lease_ids)
             self.commitments[node] = keep
+        self.interruptible = sum(1 for held in self.commitments for c in held if c.interruptible and c.kind == "lease")
         self.future_start = min(
             (c.start for held in self.commitments for c in held if c.start > self.now), default=_NEVER
         )
@@ -456,6 +460,8 @@ class _PoolState:
 
     def interruptible_leases(self, start: int, end: int) -> dict[str, list[_Commitment]]:
         found: dict[str, list[_Commitment]] = {}
+        if not self.interruptible:
+            return found
         for held in self.commitments:
             for c in held:
                 if c.kind == "lease" and c.interruptible and c.lease_id and c.start < end and c.end > start:
@@ -1054,8 +1060,10 @@ class _Market:
         tied: list[_Option] = []
         bound: tuple[float, float, float] | None = None
         checks = 0
-        for offset in range(0, ranked.size, _CHUNK):
-            chunk = ranked[offset : offset + _CHUNK]
+        offset, size = 0, _CHUNK
+        while offset < ranked.size:
+            chunk = ranked[offset : offset + size]
+            offset, size = offset + size, size * 4
             if check_room:
                 assert evaluation.view is not None  # noqa: S101 - set by evaluate
                 chunk = chunk[part.has_room(evaluation.view, chunk)]
@@ -1234,6 +1242,8 @@ class _Market:
             if not leases:
                 continue
             tried += 1
+            if self.option(job, facts, self.now_dt, start, exclude=frozenset(leases)) is None:
+                continue  # even with every interruptible lease gone the job does not fit here
             victims = sorted(leases, key=lambda lid: (-leases[lid][0].start, _commitment_units(leases[lid]), lid))
             removed: list[str] = []
             option = None
@@ -1341,7 +1351,8 @@ def schedule_cycle(
         if explanation.never_fits:
             pending[job.job_id] = explanation
             continue
-        if config.preemption and not job.interruptible and ready == now:
+        blocked_by_capacity = any(reason is Reason.NO_CAPACITY for reason, _ in explanation.counts)
+        if config.preemption and not job.interruptible and ready == now and blocked_by_capacity:
             found = market.preempt(job)
             if found is not None:
                 option, victims = found

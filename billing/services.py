@@ -147,7 +147,15 @@ def wallet_top_up(
         if created:
             audit_record(actor=actor, action="wallet.top_up", entity=row, data={"amount": str(amount)})
             _repay_debt(organisation=organisation, reference=row.key, actor=actor)
+            if balance(account_code(organisation.pk, AccountKind.BUYER_DEBT)) == 0:
+                transaction.on_commit(lambda: _resume_leases(organisation.pk))
     return row
+
+
+def _resume_leases(buyer_id: int) -> None:
+    from scheduler.execution import leases_resume
+
+    leases_resume(buyer_id=buyer_id)
 
 
 def _repay_debt(*, organisation: Organisation, reference: str, actor: User | None) -> None:

@@ -25,3 +25,23 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.entity_type}:{self.entity_id}"
+
+
+class Notice(models.Model):
+    """A message to an organisation about something that needs its attention
+    (a lease suspended for unpaid usage, a statement disputed, …)."""
+
+    organisation = models.ForeignKey("marketplace.Organisation", on_delete=models.PROTECT, related_name="notices")
+    kind = models.CharField(max_length=64)
+    title = models.CharField(max_length=200)
+    message = models.TextField()
+    subject_type = models.CharField(max_length=64, blank=True)
+    subject_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-id",)
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.organisation_id}: {self.title}"

@@ -23,6 +23,7 @@ from billing import services as billing
 from billing.models import UsageSample
 from core.audit import audit_record
 from core.errors import Forbidden, IllegalTransition, InvalidInput, NotFound
+from core.notices import notify
 from marketplace.models import Organisation, Role, User
 from scheduler.models import Agent, Job, JobStatus, Lease, LeaseStatus, Rating
 from scheduler.services import job_transition, lease_transition
@@ -363,6 +364,86 @@ def lease_lose(*, lease: Lease, now: datetime) -> Lease:
                 )
         transaction.on_commit(lambda: _close_hold(lease.pk))
     return lease
+
+
+# --- suspension for unpaid usage -------------------------------------------------------------------------------
+
+
+def suspension_grace() -> timedelta:
+    return timedelta(seconds=float(getattr(settings, "CX_SUSPENSION_GRACE_SECONDS", 3600)))
+
+
+def lease_suspend(*, lease: Lease, owed: Decimal, reason: str = "") -> Lease:
+    """Usage the buyer's hold and wallet could not cover: the lease is
+    suspended (the agent is told to stop; the nodes stay reserved) and both
+    parties get a notice. Rule: if the buyer settles what it owes within
+    CX_SUSPENSION_GRACE_SECONDS (default an hour) and the lease window is not
+    over, the lease resumes (the agent restarts the workload); otherwise the
+    lease is cancelled and the job fails with the reason."""
+    if lease.status != LeaseStatus.RUNNING:
+        return lease
+    why = reason or f"usage of {owed} CNY is not covered by the hold or the wallet"
+    with transaction.atomic():
+        lease = lease_transition(lease=lease, to=LeaseStatus.SUSPENDED, actor=None, reason=why)
+        Lease.objects.filter(pk=lease.pk).update(suspended_at=timezone.now())
+        job = Job.objects.select_related("buyer").get(pk=lease.job_id)
+        provider_id = lease.pool.site.provider_id
+        notify(
+            organisation_id=job.buyer_id,
+            kind="lease.suspended",
+            title=f"Job {job.pk} suspended: top up to resume",
+            message=f"Lease {lease.pk} of job '{job.name}' is suspended: {why}. Top up your wallet within "
+            f"{int(suspension_grace().total_seconds() // 60)} minutes to resume it; after that it ends.",
+            subject=lease,
+        )
+        notify(
+            organisation_id=provider_id,
+            kind="lease.suspended",
+            title=f"Lease {lease.pk} suspended for unpaid usage",
+            message=f"Lease {lease.pk} is suspended ({why}); your agent has been told to stop the workload. "
+            "The nodes stay reserved until the buyer pays or the grace period ends.",
+            subject=lease,
+        )
+    return lease
+
+
+def leases_resume(*, buyer_id: int, now: datetime | None = None) -> list[int]:
+    """After the buyer settled its debt: resume its suspended leases still in their window."""
+    now = now or timezone.now()
+    resumed = []
+    for lease in Lease.objects.filter(job__buyer_id=buyer_id, status=LeaseStatus.SUSPENDED, end__gt=now):
+        with transaction.atomic():
+            lease_transition(lease=lease, to=LeaseStatus.RUNNING, actor=None, reason="the buyer settled its debt")
+            Lease.objects.filter(pk=lease.pk).update(last_heartbeat_at=now)
+            notify(
+                organisation_id=lease.pool.site.provider_id,
+                kind="lease.resumed",
+                title=f"Lease {lease.pk} resumed",
+                message="The buyer paid; run the workload again.",
+                subject=lease,
+            )
+        resumed.append(lease.pk)
+    return resumed
+
+
+def leases_end_unpaid(*, now: datetime | None = None) -> list[int]:
+    """Suspended leases past the grace period (or past their window) end: lease cancelled, job failed."""
+    now = now or timezone.now()
+    ended = []
+    overdue = Lease.objects.filter(status=LeaseStatus.SUSPENDED).filter(
+        Q(end__lte=now) | Q(suspended_at__lte=now - suspension_grace())
+    )
+    for lease in overdue:
+        with transaction.atomic():
+            lease_transition(
+                lease=lease, to=LeaseStatus.CANCELLED, actor=None, reason="usage left unpaid past the grace period"
+            )
+            job = Job.objects.get(pk=lease.job_id)
+            if job.status == JobStatus.RUNNING:
+                job_transition(job=job, to=JobStatus.FAILED, actor=None, reason="usage left unpaid")
+            transaction.on_commit(lambda lease_id=lease.pk: _close_hold(lease_id))
+        ended.append(lease.pk)
+    return ended
 
 
 # --- reliability and ratings ------------------------------------------------------------------------------------------

@@ -169,6 +169,7 @@ class Lease(models.Model):
     progress_message = models.CharField(max_length=500, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     final_message = models.TextField(blank=True)
+    suspended_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -32,8 +32,9 @@ def run_scheduling_cycle(hub: str | None = None) -> dict[str, float | int]:
 def watch_leases() -> list[int]:
     """Declare lost the leases whose heartbeats stopped (or that never started);
     their jobs go back to the queue. Returns the lost lease ids."""
-    from scheduler.execution import leases_watch
+    from scheduler.execution import leases_end_unpaid, leases_watch
 
+    leases_end_unpaid()
     lost = leases_watch()
     if lost:
         run_scheduling_cycle.delay()

@@ -213,13 +213,23 @@ class TimedRun:
     policy: str
     tasks: int
     never_placed: int
-    median_wait_s: float
-    mean_utilisation_pct: float
-    samples: tuple[tuple[int, float], ...]  # (time s, accelerator utilisation %)
+    waited: int  # tasks that did not start on arrival (placed later, or never)
+    median_wait_s: float  # over the tasks that started
+    p95_wait_s: float
+    mean_utilisation_pct: float  # over the arrival window (first to last creation time)
+    samples: tuple[tuple[int, float], ...]  # (time s, accelerator capacity allocated %)
 
     @property
     def never_placed_pct(self) -> float:
         return 100.0 * self.never_placed / self.tasks if self.tasks else 0.0
+
+    @property
+    def waited_pct(self) -> float:
+        return 100.0 * self.waited / self.tasks if self.tasks else 0.0
+
+    @property
+    def peak_utilisation_pct(self) -> float:
+        return max((u for _, u in self.samples), default=0.0)
 
 
 def replay_timed(
@@ -228,10 +238,19 @@ def replay_timed(
     *,
     policy: str = "default",
     mix: WorkloadMix | None = None,
+    copies: int = 1,
     seed: int = 0,
 ) -> TimedRun:
-    """Tasks arrive at their creation time and hold their capacity for their trace duration once started."""
-    timed = sorted((t for t in tasks if t.duration is not None), key=lambda t: (t.created, t.name))
+    """Tasks arrive at their creation time and, once started, hold their capacity for their trace duration.
+
+    A task that fits nowhere waits; when capacity is released on a node, the waiting tasks that now fit
+    there start, oldest first (a younger task may start before an older one that still does not fit).
+    ``copies`` replays every pod that many times (the trace alone keeps the cluster nearly idle).
+    """
+    timed = sorted(
+        ((t.created, i, t) for i, t in enumerate(tasks) if t.duration is not None for _ in range(copies)),
+        key=lambda item: (item[0], item[1]),
+    )
     if not timed:
         raise ValueError("the pod file has no creation_time/deletion_time columns")
     cluster = fresh_cluster(shapes)
@@ -239,72 +258,71 @@ def replay_timed(
     mix = mix if mix is not None else workload_mix(tasks)
     spread = random.Random(seed)
     departures: list[tuple[int, int, Placement, SliceDemand]] = []
-    queue: list[Task] = []
+    waiting: list[Task] = []
     waits: list[int] = []
     samples: list[tuple[int, float]] = []
-    allocated = 0
-    area = 0.0
-    last_time = timed[0].created or 0
-    sequence = 0
+    allocated = area = 0.0
+    first, last = timed[0][0] or 0, timed[-1][0] or 0
+    clock = first
+    started = 0
 
-    def start(task: Task, now: int) -> bool:
-        nonlocal allocated, sequence
-        placement = cluster.place(task.demand, policy=policy, mix=mix, rng=spread)
+    def advance(now: int) -> None:
+        nonlocal area, clock
+        if now > clock:
+            window = max(0, min(now, last) - min(clock, last))
+            area += window * allocated / capacity
+            clock = now
+        samples.append((now, 100.0 * allocated / capacity))
+
+    def start(task: Task, now: int, placement: Placement | None) -> bool:
+        nonlocal allocated, started
         if placement is None:
             return False
         cluster.allocate(placement, task.demand)
         allocated += task.demand.accelerator_thousandths
         waits.append(now - (task.created or 0))
-        sequence += 1
-        heapq.heappush(departures, (now + (task.duration or 0), sequence, placement, task.demand))
+        started += 1
+        heapq.heappush(departures, (now + (task.duration or 0), started, placement, task.demand))
         return True
 
-    def advance(now: int) -> None:
-        nonlocal area, last_time
-        if now > last_time:
-            area += (now - last_time) * allocated / capacity
-            last_time = now
-        samples.append((now, 100.0 * allocated / capacity))
-
-    def drain_queue(now: int) -> None:
-        # oldest first; a later task may start when an older one still does not fit (backfill)
-        stuck: set[SliceDemand] = set()
-        remaining = []
-        for task in queue:
-            if task.demand in stuck or not start(task, now):
-                stuck.add(task.demand)
-                remaining.append(task)
-        queue[:] = remaining
-
-    for task in timed:
-        now = task.created or 0
-        released = False
-        while departures and departures[0][0] <= now:
-            when, _, placement, demand = heapq.heappop(departures)
-            advance(when)
+    def depart(until: int) -> None:
+        nonlocal allocated
+        while departures and departures[0][0] <= until:
+            now, _, placement, demand = heapq.heappop(departures)
+            advance(now)
             cluster.release(placement, demand)
             allocated -= demand.accelerator_thousandths
-            released = True
-        if released and queue:
-            drain_queue(now)
-        advance(now)
-        if not start(task, now):
-            queue.append(task)
-    while departures and queue:
-        when, _, placement, demand = heapq.heappop(departures)
-        advance(when)
-        cluster.release(placement, demand)
-        allocated -= demand.accelerator_thousandths
-        drain_queue(when)
-    end = max(last_time, max((d[0] for d in departures), default=last_time))
-    span = max(1, end - (timed[0].created or 0))
-    advance(end)
+            if not waiting:
+                continue
+            # only this node gained capacity since the waiting tasks last failed to fit anywhere
+            node = cluster.nodes[placement.node]
+            still, stuck = [], set()
+            for task in waiting:
+                if task.demand in stuck or not node.fits(task.demand):
+                    stuck.add(task.demand)
+                    still.append(task)
+                elif not start(task, now, cluster.place(task.demand, policy=policy, mix=mix, rng=spread)):
+                    still.append(task)
+            waiting[:] = still
+            advance(now)
+
+    for created, _, task in timed:
+        depart(created)
+        advance(created)
+        if not start(task, created, cluster.place(task.demand, policy=policy, mix=mix, rng=spread)):
+            waiting.append(task)
+        advance(created)
+    while waiting and departures:
+        depart(departures[0][0])
+    waits.sort()
     return TimedRun(
         policy=policy,
         tasks=len(timed),
-        never_placed=len(queue),
+        never_placed=len(waiting),
+        waited=sum(1 for w in waits if w > 0) + len(waiting),
         median_wait_s=float(statistics.median(waits)) if waits else 0.0,
-        mean_utilisation_pct=100.0 * area / span,
+        p95_wait_s=float(waits[int(0.95 * (len(waits) - 1))]) if waits else 0.0,
+        mean_utilisation_pct=100.0 * area / max(1, last - first),
         samples=tuple(samples),
     )
 
@@ -318,10 +336,12 @@ def plot_utilisation(runs: Sequence[TimedRun], path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(10, 4))
-    for run in runs:
-        xs = [t / 86400 for t, _ in run.samples]
+    start = min((run.samples[0][0] for run in runs if run.samples), default=0)
+    for run in reversed(runs):  # the policy under test (first) drawn last, on top
+        xs = [(t - start) / 86400 for t, _ in run.samples]
         ys = [u for _, u in run.samples]
-        ax.step(xs, ys, where="post", linewidth=0.8, label=f"{run.policy} (mean {run.mean_utilisation_pct:.1f}%)")
+        label = f"{run.policy} (mean {run.mean_utilisation_pct:.1f}%)"
+        ax.step(xs, ys, where="post", linewidth=0.8, alpha=0.85, label=label)
     ax.set_xlabel("trace time (days)")
     ax.set_ylabel("accelerator capacity allocated (%)")
     ax.set_ylim(0, 100)
@@ -343,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--policy", default="default", help="policy under test (default, best-fit, random, first-fit)")
     parser.add_argument("--timed", action="store_true", help="also replay with creation/deletion times")
+    parser.add_argument("--copies", type=int, default=1, help="timed replay: replay every pod this many times")
+    parser.add_argument("--node-stride", type=int, default=1, help="timed replay: keep every n-th node only")
     parser.add_argument("--plot", default="var/bench/utilisation.png", help="PNG for the timed replay")
     args = parser.parse_args(argv)
 
@@ -391,23 +413,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.timed:
         timed_began = time.perf_counter()
-        runs = [replay_timed(shapes, tasks, policy=p) for p in policies]
-        print("\ntimed replay (creation/deletion times, waiting tasks retried on release)")
-        print(f"{'policy':<10} {'mean util %':>12} {'median wait s':>14} {'never placed %':>15}")
+        timed_shapes = shapes[:: args.node_stride]
+        mix = workload_mix(tasks)
+        runs = [replay_timed(timed_shapes, tasks, policy=p, mix=mix, copies=args.copies) for p in policies]
+        print(
+            f"\ntimed replay: creation/deletion times, {args.copies} cop{'y' if args.copies == 1 else 'ies'} of each "
+            f"pod, {len(timed_shapes)} nodes ({capacity_milli(timed_shapes) // WHOLE_DEVICE_MILLI} accelerators); "
+            "waiting tasks start when capacity is released"
+        )
+        print(
+            f"{'policy':<10} {'mean util %':>11} {'peak util %':>11} {'waited %':>9} {'median wait s':>13} "
+            f"{'p95 wait s':>10} {'never placed %':>14}"
+        )
         for run in runs:
             print(
-                f"{run.policy:<10} {run.mean_utilisation_pct:>12.2f} {run.median_wait_s:>14.1f} "
-                f"{run.never_placed_pct:>15.2f}"
+                f"{run.policy:<10} {run.mean_utilisation_pct:>11.2f} {run.peak_utilisation_pct:>11.2f} "
+                f"{run.waited_pct:>9.2f} {run.median_wait_s:>13.1f} {run.p95_wait_s:>10.1f} "
+                f"{run.never_placed_pct:>14.2f}"
             )
         plot = plot_utilisation(runs, args.plot)
-        print(f"utilisation plot: {plot}  ({time.perf_counter() - timed_began:.1f} s)")
+        print(f"utilisation over time: {plot}  ({time.perf_counter() - timed_began:.1f} s)")
         report["timed"] = {
-            run.policy: {
-                "mean_utilisation_pct": round(run.mean_utilisation_pct, 3),
-                "median_wait_s": run.median_wait_s,
-                "never_placed_pct": round(run.never_placed_pct, 3),
-            }
-            for run in runs
+            "copies": args.copies,
+            "nodes": len(timed_shapes),
+            **{
+                run.policy: {
+                    "mean_utilisation_pct": round(run.mean_utilisation_pct, 3),
+                    "peak_utilisation_pct": round(run.peak_utilisation_pct, 3),
+                    "waited_pct": round(run.waited_pct, 3),
+                    "median_wait_s": run.median_wait_s,
+                    "p95_wait_s": run.p95_wait_s,
+                    "never_placed_pct": round(run.never_placed_pct, 3),
+                }
+                for run in runs
+            },
         }
         report["plot"] = str(plot)
     print(json.dumps(report))

@@ -401,7 +401,9 @@ def test_replay_of_a_trace_sample_beats_random(trace_sample):
 
 def test_timed_replay_of_a_trace_sample(trace_sample):
     replay, shapes, tasks = trace_sample
-    run = replay.replay_timed(shapes, tasks[::10])
-    assert 0 <= run.never_placed <= run.tasks
+    run = replay.replay_timed(shapes[::4], tasks[::8], copies=4)
+    assert run.tasks == 4 * len(tasks[::8])
+    assert 0 <= run.never_placed <= run.waited <= run.tasks
     assert run.median_wait_s >= 0
     assert all(0 <= utilisation <= 100 for _, utilisation in run.samples)
+    assert run.peak_utilisation_pct > 0

@@ -37,7 +37,11 @@ take it all.
 buyer's city and the pool's city: 1 ms in one city, the fibre estimate capped
 at 5 ms inside one hub, otherwise 1.5 × great-circle distance at 5 µs/km (the
 targets of the 2023 Action Plan for computing power infrastructure,
-算力基础设施高质量发展行动计划). A job is *latency tolerant* (东数西算: may be
+算力基础设施高质量发展行动计划; the plan's inter-hub bound is 1.5 × the
+theoretical fibre latency). A pool in a city the geography does not know is
+placed by its hub, at the largest latency to any known city of that hub
+(:func:`site_latency_ms`); :func:`hub_latency_matrix` gives the hub-to-hub
+figures the same way. A job is *latency tolerant* (东数西算: may be
 steered west) when it says so, or, when it does not say, when it sets no
 latency limit or one of at least ``MatchingConfig.latency_tolerant_ms``.
 
@@ -48,10 +52,12 @@ the counts of an explanation add up to the number of pools refused.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
+from functools import lru_cache
 
 from billing.domain.pricing import PricingType
 from core.errors import InvalidInput
@@ -82,8 +88,10 @@ __all__ = [
     "Reason",
     "Resolved",
     "duration_hours",
+    "hub_latency_matrix",
     "pool_facts",
     "resolve",
+    "site_latency_ms",
     "static_reason",
 ]
 
@@ -403,6 +411,31 @@ class MatchingConfig:
     quote_pool_limit: int = 64
 
 
+# --- latency ------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def site_latency_ms(city: str, site_city: str, site_hub: str) -> float:
+    """One-way latency (ms) from a known city to a site: by the site's city when the geography knows
+    it, else by its hub (the largest latency to any known city of the hub), else infinite."""
+    if site_city in CITIES:
+        return latency_ms(city, site_city)
+    in_hub = [code for code, known in CITIES.items() if known.hub == site_hub]
+    return max(latency_ms(city, code) for code in in_hub) if in_hub else math.inf
+
+
+def hub_latency_matrix() -> dict[tuple[str, str], float]:
+    """Hub-to-hub latency (ms): the largest latency between any known cities of the two hubs, so a
+    promise made from it holds wherever in the hubs the endpoints are."""
+    cities = {hub: [code for code, known in CITIES.items() if known.hub == hub] for hub in HUBS}
+    return {
+        (a, b): max(latency_ms(x, y) for x in cities[a] for y in cities[b])
+        for a in HUBS
+        for b in HUBS
+        if cities[a] and cities[b]
+    }
+
+
 # --- per-pool facts and the exact checks ---------------------------------------------------------------------------
 
 
@@ -613,8 +646,9 @@ def static_reason(job: JobSpec, facts: PoolFacts, ready: datetime) -> Reason | N
         return Reason.PROVIDER_UNVERIFIED
     if job.allowed_hubs and pool.hub not in job.allowed_hubs:
         return Reason.OUTSIDE_HUBS
-    if job.max_latency_ms is not None and (
-        pool.city not in CITIES or latency_ms(job.buyer_city or "", pool.city) > job.max_latency_ms
+    if (
+        job.max_latency_ms is not None
+        and site_latency_ms(job.buyer_city or "", pool.city, pool.hub) > job.max_latency_ms
     ):
         return Reason.OVER_LATENCY
     if pool.pricing_type is PricingType.INTERRUPTIBLE and not job.interruptible:

@@ -98,7 +98,7 @@ import numpy as np
 
 from billing.domain.money import to_fen
 from core.errors import ApplicationError
-from marketplace.domain.geography import CITIES, HUBS, latency_ms
+from marketplace.domain.geography import CITIES, HUBS
 from marketplace.domain.units import ComputeClass, CpuArchitecture, SoftwareStack, ncu_hours
 from scheduler.domain.demand import (
     REASON_ORDER,
@@ -116,6 +116,7 @@ from scheduler.domain.demand import (
     estimated_cost,
     pool_facts,
     resolve,
+    site_latency_ms,
     static_reason,
 )
 from scheduler.domain.packing import (
@@ -159,22 +160,30 @@ _ARCH_IDS = {arch: i for i, arch in enumerate(CpuArchitecture)}
 _HUB_IDS = {code: i for i, code in enumerate(HUBS)}
 _CITY_CODES = list(CITIES)
 _CITY_IDS = {code: i for i, code in enumerate(_CITY_CODES)}
-_UNKNOWN_CITY = len(_CITY_CODES)
+_HUB_COLUMN = {code: len(_CITY_CODES) + i for i, code in enumerate(HUBS)}  # a site known only by its hub
+_UNKNOWN_CITY = len(_CITY_CODES) + len(HUBS)
 _LATENCY: np.ndarray | None = None
 
 
 def _latency_table() -> np.ndarray:
-    """City-to-city latency (ms) from :func:`marketplace.domain.geography.latency_ms`, with an
-    extra row and column of +inf for a city the geography does not know."""
+    """Latency (ms) from each known city (rows) to each known city, each hub (for a site whose city is not
+    known) and an unknown place (+inf), from :func:`scheduler.domain.demand.site_latency_ms`."""
     global _LATENCY
     if _LATENCY is None:
-        n = len(_CITY_CODES)
-        table = np.full((n + 1, n + 1), np.inf)
+        table = np.full((len(_CITY_CODES), _UNKNOWN_CITY + 1), np.inf)
         for i, a in enumerate(_CITY_CODES):
             for j, b in enumerate(_CITY_CODES):
-                table[i, j] = latency_ms(a, b)
+                table[i, j] = site_latency_ms(a, b, "")
+            for hub, j in _HUB_COLUMN.items():
+                table[i, j] = site_latency_ms(a, "", hub)
         _LATENCY = table
     return _LATENCY
+
+
+def _site_column(pool: PoolOffer) -> int:
+    if pool.city in _CITY_IDS:
+        return _CITY_IDS[pool.city]
+    return _HUB_COLUMN.get(pool.hub, _UNKNOWN_CITY)
 
 
 def _us(moment: datetime) -> int:
@@ -636,7 +645,7 @@ class _Partition:
         self.domestic = arr((p.domestic for p in pools), bool)
         self.verified = arr((p.provider_verified for p in pools), bool)
         self.hub = arr((_HUB_IDS.get(p.hub, len(_HUB_IDS)) for p in pools), np.int16)
-        self.city = arr((_CITY_IDS.get(p.city, _UNKNOWN_CITY) for p in pools), np.int16)
+        self.city = arr((_site_column(p) for p in pools), np.int16)
         self.for_on_demand = arr((p.pricing_type is not PricingType.INTERRUPTIBLE for p in pools), bool)
         self.sharing = arr((p.sharing_allowed for p in pools), bool)
         self.units = arr((f.units_per_node for f in facts), np.int64)

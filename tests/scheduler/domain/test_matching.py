@@ -28,6 +28,7 @@ from scheduler.domain.demand import (
     PoolOffer,
     PricingType,
     Reason,
+    hub_latency_matrix,
 )
 from scheduler.domain.matching import (
     Assignment,
@@ -82,7 +83,7 @@ def make_pool(
         identifier=f"CX-{pool_id}",
         provider_id=f"provider-{pool_id}",
         site_id=f"site-{pool_id}",
-        hub=hub or CITIES[city].hub or "",
+        hub=hub if hub is not None else CITIES[city].hub or "",
         city=city,
         stack=stack,
         shape=shape,
@@ -505,3 +506,19 @@ def test_reasons_have_labels_and_static_flags():
     assert Reason.WRONG_STACK.label == "wrong software stack"
     assert not Reason.NO_CAPACITY.static
     assert Reason.OVER_PRICE_CAP.static
+
+
+def test_a_site_in_a_city_the_geography_does_not_know_is_placed_by_its_hub():
+    pools = [make_pool("new-town", city="lingang", hub="YRD"), make_pool("nowhere", city="atlantis", hub="")]
+    near = make_job("near", buyer_city="shanghai", max_latency_ms=5.0)
+    # the farthest known YRD city from Shanghai (Hefei) is about 3 ms away
+    assert explain(near, pools, now=NOW, occupancy=False).message == "1/2 pools fit: 1 over latency limit"
+    strict = make_job("strict", buyer_city="shanghai", max_latency_ms=2.0)
+    assert explain(strict, pools, now=NOW, occupancy=False).message == "0/2 pools fit: 2 over latency limit"
+
+
+def test_the_hub_latency_matrix_follows_the_plan_targets():
+    matrix = hub_latency_matrix()
+    assert len(matrix) == 64
+    assert matrix["YRD", "YRD"] <= 5.0  # inside one hub
+    assert matrix["YRD", "NX"] == matrix["NX", "YRD"] > 10.0  # east to west is 1.5 × fibre distance

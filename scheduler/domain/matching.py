@@ -23,7 +23,10 @@ refused for the first failing one (:class:`~scheduler.domain.demand.Reason`).
 Then, per pool, a summary of free capacity *now* (how many nodes have at
 least k whole free devices, the largest free share of any device, the most
 free CPU and memory on a node) rejects pools that cannot possibly take the job
-in O(1). The survivors are tried in score order with the exact checks:
+in O(1). The masks of single constraints (a hub set, a latency limit from a city, a
+demand resolved on every pool, ...) are cached per cycle, so most jobs cost
+the AND of a dozen cached arrays. The survivors are tried in score order with
+the exact checks:
 :func:`~scheduler.domain.demand.static_reason` again (Decimal, no float) and
 the per-node packing of :mod:`scheduler.domain.packing` (all nodes of a gang
 or none). Every assignment therefore satisfies every hard constraint exactly.
@@ -55,24 +58,34 @@ start on a pool is its ready time or the end of one of its commitments
   grid factor × (1 − green share), to the gram — then the adjusted cost, then
   fragmentation, then start.
 
-Fragmentation is the growth of the nodes' fragmentation (Weng et al., USENIX
-ATC 2023: expected accelerator capacity a task of the workload mix cannot use)
-caused by the placement. Inside a pool the nodes and devices are chosen by the
-packing policy (``"default"``: fragmentation gradient descent), so
-partial-node and shared-accelerator jobs fill partly used nodes and devices
-first and leave whole nodes whole for whole-node jobs. The workload mix is
-``MatchingConfig.mix`` or else the demands of the queued jobs.
+Fragmentation is the growth of the nodes' fragmentation
+(:func:`scheduler.domain.packing.fragmentation`, the measure of Weng et al.,
+USENIX ATC 2023: expected accelerator capacity a task of the workload mix
+cannot use) caused by the placement; it is computed only for the (at most
+``max_tie_candidates``) placements tied on the objective's first keys. Inside
+a pool the nodes and devices are chosen by the packing policy (``"default"``,
+fragmentation-aware, through ``packing.Cluster``, kept per pool for the whole
+cycle), so partial-node and shared-accelerator jobs fill partly used nodes and
+devices first. The workload mix is ``MatchingConfig.mix``, or else the queued
+jobs' per-node demands plus whole-node demands (``WHOLE_NODE_SHARE`` of the
+mix, one per node size of the market), so breaking a whole node always counts
+as fragmentation: placements leave nodes either full or whole. On a pool
+where nothing is committed every node is whole and identical, and the first
+nodes and devices are taken without asking the packer.
 
 **Cycle** (:func:`schedule_cycle`): jobs come in fair-share order
 (:mod:`scheduler.domain.queueing`: lowest dominant share first, priority and
 ageing). A cycle places a job at its ready time (now, or its earliest start if
 that is within ``lookahead``). A job that cannot be placed now:
 
-1. if it is on-demand (not interruptible) and ready now, may preempt
-   interruptible leases of earlier cycles: on the pools it could use, in score
-   order, the fewest leases (most recently started first) whose removal lets
-   it fit; the preempted lease ids are returned for the caller to end, and
-   their jobs go back to the queue;
+1. if it is on-demand (not interruptible), ready now, and blocked by
+   capacity, it may preempt interruptible leases of earlier cycles: on up to
+   ``preemption_pool_limit`` pools it could use that hold such leases, the
+   fewest leases whose removal lets it fit (tried most recently started
+   first), then the least work lost (NCU × time already run), then the
+   objective's order. The preempted lease ids are returned with the job that
+   took the capacity; the caller ends those leases and re-queues their jobs
+   (they keep their submission time, so ageing lifts them);
 2. otherwise the first blocked job (``max_reservations`` of them) gets a
    reservation at its earliest feasible start (EASY backfilling, Lifka 1995):
    later, smaller jobs still take gaps now, but only if they end before the

@@ -1209,11 +1209,16 @@ class _Market:
         return part, self.ranked(part, job, evaluation, capacity_now=False)
 
     def earliest(self, job: JobSpec, ready: datetime, limit: int) -> list[_Option]:
-        """Options with their earliest feasible start on up to ``limit`` pools, in the objective's order."""
+        """Options with their earliest feasible start on up to ``limit`` pools, in the objective's order
+        (for the earliest objective, pools that could take the job now first)."""
         part, order = self.static_order(job, ready)
-        options = []
+        options: list[_Option] = []
         if part is None:
             return options
+        start = _us(ready)
+        if job.objective is Objective.EARLIEST and start == self.now and order.size:
+            room = part.has_room(part.demand(job), order) & (part.window_start[order] <= start)
+            order = np.concatenate((order[room], order[~room]))
         duration = job.duration // _US
         for rank, j in enumerate(order[:limit].tolist()):
             facts = part.facts[j]

@@ -522,3 +522,12 @@ def test_the_hub_latency_matrix_follows_the_plan_targets():
     assert len(matrix) == 64
     assert matrix["YRD", "YRD"] <= 5.0  # inside one hub
     assert matrix["YRD", "NX"] == matrix["NX", "YRD"] > 10.0  # east to west is 1.5 × fibre distance
+
+
+def test_an_earliest_quote_finds_a_free_pool_beyond_many_cheaper_busy_ones():
+    busy_pools = [make_pool(f"busy-{i:02d}", nodes=1, price="0.005") for i in range(70)]
+    leases = [whole_node_lease(f"l{i}", p.pool_id, hours=24) for i, p in enumerate(busy_pools)]
+    free = make_pool("free", nodes=1, price="0.02")
+    options = quote(make_job("asap", objective=Objective.EARLIEST), [*busy_pools, free], leases, now=NOW).options
+    assert (options[0].pool_id, options[0].start) == ("free", NOW)
+    assert options[1].start == NOW + timedelta(hours=24)

@@ -1,0 +1,1 @@
+"""Compute voucher programmes (算力券), applications, vouchers and redemptions."""

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "marketplace",
     "scheduler",
     "billing",
+    "vouchers",
 ]
 
 MIDDLEWARE = [

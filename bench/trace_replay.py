@@ -171,6 +171,8 @@ def replay_arrivals(
     """Draw tasks with replacement until the requested accelerator thousandths reach ``load`` × capacity."""
     cluster = fresh_cluster(shapes)
     capacity = capacity_milli(shapes)
+    if capacity == 0 or not any(task.demand.accelerator_thousandths for task in tasks):
+        raise ValueError("the arrival replay needs accelerators in the cluster and tasks that ask for them")
     mix = mix if mix is not None else workload_mix(tasks)
     draw = random.Random(seed)
     spread = random.Random(seed + 1_000_003)

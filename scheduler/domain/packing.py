@@ -290,6 +290,7 @@ def _average_ratios(mix: WorkloadMix) -> tuple[float | None, float]:
 # leaves about one point more of the accelerator capacity unallocated.
 STRANDING_WEIGHT = 4.0
 
+_SCORES_KEPT = 1024  # cached (mix, demand) score vectors per cluster
 _TABLE_CELLS = 2_000_000  # largest cumulative weight table kept per mix (else weights are summed per node)
 
 
@@ -403,19 +404,25 @@ class _NodeTerms:
         self.term = np.zeros(n)
 
 
-_TABLES: dict[tuple[int, tuple[str | None, ...]], tuple[WorkloadMix, _MixTable]] = {}
+_TABLES_BY_ID: dict[tuple[int, tuple[str | None, ...]], tuple[WorkloadMix, _MixTable]] = {}
+_TABLES: dict[tuple[WorkloadMix, tuple[str | None, ...]], _MixTable] = {}
+_TABLES_KEPT = 32
 
 
 def _table_for(mix: WorkloadMix, models: tuple[str | None, ...]) -> _MixTable:
-    """The compiled mix, cached by the caller's mix object (kept alive by the cache, so its id stays unique)."""
-    key = (id(mix), models)
-    cached = _TABLES.get(key)
+    """The compiled mix: by identity first (cheap, and the cache keeps the object alive so its id stays
+    unique), then by value, so that equal mixes built afresh by every caller share one table and its caches."""
+    cached = _TABLES_BY_ID.get((id(mix), models))
     if cached is not None and cached[0] is mix:
         return cached[1]
-    if len(_TABLES) >= 16:
-        _TABLES.clear()
-    table = _MixTable(mix, models)
-    _TABLES[key] = (mix, table)
+    table = _TABLES.get((mix, models))
+    if table is None:
+        if len(_TABLES) >= _TABLES_KEPT:
+            _TABLES.clear()
+        table = _TABLES[(mix, models)] = _MixTable(mix, models)
+    if len(_TABLES_BY_ID) >= _TABLES_KEPT:
+        _TABLES_BY_ID.clear()
+    _TABLES_BY_ID[(id(mix), models)] = (mix, table)
     return table
 
 
@@ -587,6 +594,8 @@ class Cluster:
         if cached is not None and cached[0] is table:
             scores = cached[1]
         else:
+            if len(self._scores) >= _SCORES_KEPT:
+                self._scores.clear()
             scores = _Scores(len(self.nodes))
             self._scores[key] = (table, scores)
         stale = np.flatnonzero(scores.stamp != self._version)
@@ -613,6 +622,8 @@ class Cluster:
         """Usable share per threshold and expected usable share of the given nodes, from the per-mix cache."""
         cached = self._terms.get(id(table))
         if cached is None or cached[0] is not table:
+            if len(self._terms) >= _TABLES_KEPT:
+                self._terms.clear()
             cached = self._terms[id(table)] = (table, _NodeTerms(len(self.nodes), len(table.thresholds)))
         terms = cached[1]
         stale = nodes[terms.stamp[nodes] != self._version[nodes]]

@@ -387,6 +387,40 @@ def trace_sample():
     return replay, shapes, tasks
 
 
+def test_pod_rows_become_demands_with_their_allowed_models(tmp_path):
+    replay = pytest.importorskip("bench.trace_replay")
+    pods = tmp_path / "pods.csv"
+    pods.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n"
+        "p0,12000,16384,1,1000,\n"
+        "p1,6000,12288,1,460,V100M16|V100M32\n"
+        "p2,88000,327680,8,1000,G2\n"
+        "p3,32000,49152,0,0,\n"
+    )
+    tasks = replay.load_tasks(pods)
+    assert [t.demand for t in tasks] == [
+        SliceDemand(12000, 16384, accelerators=1),
+        SliceDemand(6000, 12288, accelerator_milli=460, allowed_models=frozenset({"V100M16", "V100M32"})),
+        SliceDemand(88000, 327680, accelerators=8, allowed_models=frozenset({"G2"})),
+        SliceDemand(32000, 49152),
+    ]
+    assert tasks[0].duration is None  # no time columns in this file
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text(
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,32000,262144,0,\nn1,96000,393216,8,G2\nn2,96000,393216,8,G2\n"
+    )
+    pools = replay.load_pools(nodes)
+    assert [(p.shape, len(p.nodes)) for p in pools] == [
+        (NodeShape(32000, 262144, 0, None), 1),
+        (NodeShape(96000, 393216, 8, "G2"), 2),
+    ]
+    run = replay.replay_arrivals(replay.node_shapes(pools), tasks, seed=3)
+    assert run.capacity_milli == 16000
+    assert run.requested_milli >= run.capacity_milli >= run.allocated_milli
+    with pytest.raises(ValueError, match="ask for them"):
+        replay.replay_arrivals(replay.node_shapes(pools), tasks[3:])  # CPU-only tasks would never reach 100%
+
+
 def test_replay_of_a_trace_sample_beats_random(trace_sample):
     replay, shapes, tasks = trace_sample
     results = replay.experiment(shapes, tasks, seeds=2, policies=("default", "random"))

@@ -23,6 +23,9 @@ class AccountKind(models.TextChoices):
     PLATFORM_COMMISSION = "commission", "Platform: commission revenue"
     BANK_CLEARING = "clearing", "Platform: external bank clearing"
     ADJUSTMENTS = "adjustments", "Platform: operator adjustments"
+    PROGRAMME_BUDGET = "budget", "Voucher programme: uncommitted budget"
+    PROGRAMME_LAPSED = "lapsed", "Voucher programme: balances forfeited at expiry"
+    VOUCHER = "voucher", "Voucher: issued, not yet redeemed"
 
 
 # What may go below zero. The clearing account stands for the world outside
@@ -168,6 +171,9 @@ class Charge(models.Model):
     from_hold = models.DecimalField(**MONEY, default=Decimal("0.00"))
     from_available = models.DecimalField(**MONEY, default=Decimal("0.00"))
     owed = models.DecimalField(**MONEY, default=Decimal("0.00"), help_text="Not covered: recorded as debt")
+    voucher_funded = models.DecimalField(
+        **MONEY, default=Decimal("0.00"), help_text="Paid by the buyer's compute vouchers (see vouchers.ChargeSubsidy)"
+    )
     transaction = models.OneToOneField(LedgerTransaction, on_delete=models.PROTECT, related_name="charge")
     provider_statement = models.ForeignKey(
         "billing.SettlementStatement", null=True, blank=True, on_delete=models.PROTECT, related_name="provider_charges"
@@ -184,10 +190,13 @@ class Charge(models.Model):
                 condition=Q(gross=models.F("commission") + models.F("provider_share")), name="charge_split_exact"
             ),
             models.CheckConstraint(
-                condition=Q(gross=models.F("from_hold") + models.F("from_available") + models.F("owed")),
+                condition=Q(
+                    gross=models.F("from_hold") + models.F("from_available") + models.F("owed") + models.F("voucher_funded")
+                ),
                 name="charge_funded_exactly",
             ),
             models.CheckConstraint(condition=Q(gross__gte=0), name="charge_not_negative"),
+            models.CheckConstraint(condition=Q(voucher_funded__gte=0), name="charge_voucher_funded_not_negative"),
         ]
 
     def __str__(self) -> str:

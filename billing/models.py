@@ -191,7 +191,10 @@ class Charge(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(
-                    gross=models.F("from_hold") + models.F("from_available") + models.F("owed") + models.F("voucher_funded")
+                    gross=models.F("from_hold")
+                    + models.F("from_available")
+                    + models.F("owed")
+                    + models.F("voucher_funded")
                 ),
                 name="charge_funded_exactly",
             ),

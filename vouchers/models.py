@@ -41,7 +41,9 @@ class VoucherProgramme(models.Model):
     authority = models.CharField(max_length=200, help_text="Issuing authority, e.g. a city data bureau")
     description = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=ProgrammeStatus.choices, default=ProgrammeStatus.ACTIVE)
-    budget = models.DecimalField(**MONEY, default=Decimal("0.00"), help_text="Deposited so far (the ledger is the truth)")
+    budget = models.DecimalField(
+        **MONEY, default=Decimal("0.00"), help_text="Deposited so far (the ledger is the truth)"
+    )
     ratio_rules = models.JSONField(
         default=list, help_text='[{"compute_class": null, "domestic": true, "ratio": "0.30", "flagged_ratio": null}]'
     )

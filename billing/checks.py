@@ -1,0 +1,357 @@
+"""Ledger checks: each function asks the database one aggregate question and
+returns a sentence per breach it finds (empty when the books are sound).
+``manage.py check_ledger`` runs them all.
+
+Every check is one SQL statement (joins and GROUP BY, no per-row queries), so
+it runs on millions of rows. Sums are compared to the half fen, which is
+exact on PostgreSQL and absorbs the binary rounding of SQLite's decimals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.db.models import Count, DecimalField, F, Q, Sum, Value
+from django.db.models.functions import Abs, Coalesce
+
+from billing.models import (
+    MAY_GO_NEGATIVE,
+    Account,
+    AccountKind,
+    Charge,
+    Hold,
+    LedgerTransaction,
+    SettlementStatement,
+    StatementRole,
+    UsageSample,
+)
+from billing.services import PLATFORM_COMMISSION
+
+HALF_FEN = Decimal("0.005")
+FEN = Decimal("0.01")
+DEFAULT_LIMIT = 1000
+
+Check = Callable[[int], list[str]]
+
+
+def _sum(expression: str, **extra: object) -> Coalesce:
+    money = DecimalField(max_digits=20, decimal_places=2)
+    return Coalesce(Sum(expression, **extra), Value(Decimal(0)), output_field=money)
+
+
+def _differs(a: str, b: str) -> Q:
+    """``a`` and ``b`` (fields or annotations) differ by half a fen or more."""
+    return Q(**{f"_diff_{a}_{b}__gte": HALF_FEN})
+
+
+def _diff(a: str, b: str) -> dict[str, Abs]:
+    return {f"_diff_{a}_{b}": Abs(F(a) - F(b))}
+
+
+def _more(found: list[str], limit: int, what: str) -> list[str]:
+    if len(found) > limit:
+        return [*found[:limit], f"… and more {what} (only the first {limit} are listed)."]
+    return found
+
+
+# --- transactions and accounts ---------------------------------------------------------------------------------------
+
+
+def unbalanced_transactions(limit: int = DEFAULT_LIMIT) -> list[str]:
+    """Transactions whose postings do not sum to zero, or that have fewer than two postings."""
+    rows = (
+        LedgerTransaction.objects.annotate(total=_sum("postings__amount"), lines=Count("postings"))
+        .filter(Q(total__gte=HALF_FEN) | Q(total__lte=-HALF_FEN) | Q(lines__lt=2))
+        .order_by("id")
+        .values_list("id", "key", "total", "lines")[: limit + 1]
+    )
+    found = [
+        f"Transaction {pk} ({key}) has postings summing to {total}, not zero."
+        if abs(total) >= HALF_FEN
+        else f"Transaction {pk} ({key}) has {lines} posting(s); double entry needs at least two."
+        for pk, key, total, lines in rows
+    ]
+    return _more(found, limit, "unbalanced transactions")
+
+
+def stale_balances(limit: int = DEFAULT_LIMIT) -> list[str]:
+    """Accounts whose cached balance is not the sum of their postings."""
+    rows = (
+        Account.objects.annotate(posted=_sum("postings__amount"))
+        .annotate(**_diff("balance", "posted"))
+        .filter(_differs("balance", "posted"))
+        .order_by("id")
+        .values_list("code", "balance", "posted")[: limit + 1]
+    )
+    found = [
+        f"Account {code} caches a balance of {cached} but its postings sum to {posted}."
+        for code, cached, posted in rows
+    ]
+    return _more(found, limit, "stale balances")
+
+
+def forbidden_negative_balances(limit: int = DEFAULT_LIMIT) -> list[str]:
+    """Accounts of a kind that may not go below zero, below zero (cached or
+    posted), or flagged as allowed to (which disarms the database's check)."""
+    allowed = [str(kind) for kind in MAY_GO_NEGATIVE]
+    rows = (
+        Account.objects.exclude(kind__in=allowed)
+        .annotate(posted=_sum("postings__amount"))
+        .filter(Q(balance__lte=-HALF_FEN) | Q(posted__lte=-HALF_FEN) | Q(may_go_negative=True))
+        .order_by("id")
+        .values_list("code", "kind", "balance", "posted", "may_go_negative")[: limit + 1]
+    )
+    found = []
+    for code, kind, cached, posted, flagged in rows:
+        if cached <= -HALF_FEN or posted <= -HALF_FEN:
+            found.append(
+                f"Account {code} ({kind}) may not go below zero but stands at {min(cached, posted)} "
+                f"(cached {cached}, posted {posted})."
+            )
+        if flagged:
+            found.append(f"Account {code} ({kind}) is flagged as allowed to go negative; its kind is not.")
+    return _more(found, limit, "negative balances")
+
+
+# --- usage and charges -----------------------------------------------------------------------------------------------
+
+
+def samples_not_charged_once(limit: int = DEFAULT_LIMIT) -> list[str]:
+    """Usage samples marked charged without their Charge (when the sample is
+    worth at least a fen at its lease's locked price: cheaper samples are
+    settled without one), and Charges of samples not marked charged."""
+    value = F("ncu_hours") * F("lease__unit_price")
+    missing = (
+        UsageSample.objects.filter(charged=True, charge__isnull=True)
+        .annotate(value=value)
+        .filter(value__gte=FEN)
+        .order_by("id")
+        .values_list("id", "lease_id", "sequence", "value")[: limit + 1]
+    )
+    found = [
+        f"Usage sample {pk} (lease {lease}, sequence {sequence}) is marked charged but has no charge "
+        f"(worth {value:.2f} CNY at the lease's price)."
+        for pk, lease, sequence, value in missing
+    ]
+    unmarked = (
+        UsageSample.objects.filter(charged=False, charge__isnull=False)
+        .order_by("id")
+        .values_list("id", "lease_id", "sequence", "charge__id")[: limit + 1]
+    )
+    found += [
+        f"Usage sample {pk} (lease {lease}, sequence {sequence}) has charge {charge} but is not marked charged."
+        for pk, lease, sequence, charge in unmarked
+    ]
+    return _more(found, limit, "samples not charged exactly once")
+
+
+def charges_not_matching(limit: int = DEFAULT_LIMIT) -> list[str]:
+    """Charges whose split or funding does not add up to the gross, that name
+    another lease than their sample's, or whose ledger transaction does not
+    move exactly their amounts: the buyer's held, available and debt accounts
+    credited by ``from_hold``, ``from_available`` and ``owed``, the provider's
+    payable debited by the provider share, platform commission by the
+    commission, and nothing else."""
+    arithmetic = (
+        Charge.objects.annotate(split=F("commission") + F("provider_share"))
+        .annotate(funded=F("from_hold") + F("from_available") + F("owed"))
+        .annotate(**_diff("gross", "split"), **_diff("gross", "funded"))
+        .filter(_differs("gross", "split") | _differs("gross", "funded") | ~Q(lease_id=F("sample__lease_id")))
+        .order_by("id")
+        .values_list("id", "gross", "commission", "provider_share", "split", "funded", "lease_id", "sample__lease_id")[
+            : limit + 1
+        ]
+    )
+    found = []
+    for pk, gross, commission, share, split, funded, lease, sample_lease in arithmetic:
+        if abs(gross - split) >= HALF_FEN:
+            found.append(f"Charge {pk}: gross {gross} is not commission {commission} + provider share {share}.")
+        if abs(gross - funded) >= HALF_FEN:
+            found.append(f"Charge {pk}: gross {gross} is not what funded it ({funded} from hold, wallet and debt).")
+        if lease != sample_lease:
+            found.append(f"Charge {pk} is for lease {lease} but its usage sample belongs to lease {sample_lease}.")
+
+    posting = "transaction__postings__"
+    buyer_account = {f"{posting}account__organisation_id": F("buyer_id")}
+    legs = {
+        "to_commission": Q(**{f"{posting}account__code": PLATFORM_COMMISSION}),
+        "to_provider": Q(
+            **{f"{posting}account__organisation_id": F("provider_id"), f"{posting}account__kind": "payable"}
+        ),
+        "out_of_held": Q(**buyer_account, **{f"{posting}account__kind": AccountKind.BUYER_HELD}),
+        "out_of_available": Q(**buyer_account, **{f"{posting}account__kind": AccountKind.BUYER_AVAILABLE}),
+        "out_of_debt": Q(**buyer_account, **{f"{posting}account__kind": AccountKind.BUYER_DEBT}),
+    }
+    other = ~Q(legs["to_commission"] | legs["to_provider"] | legs["out_of_held"])
+    other &= ~Q(legs["out_of_available"] | legs["out_of_debt"])
+    expected = {
+        "to_commission": "commission",
+        "to_provider": "provider_share",
+        "out_of_held": "from_hold",
+        "out_of_available": "from_available",
+        "out_of_debt": "owed",
+    }
+    sums = {name: _sum(f"{posting}amount", filter=q) for name, q in legs.items()}
+    mismatch = Q(others__gt=0) | ~Q(transaction__kind="capture")
+    diffs = {}
+    for name, field in expected.items():
+        sign = 1 if name.startswith("to_") else -1
+        diffs[f"_off_{name}"] = Abs(F(name) * sign - F(field))
+        mismatch |= Q(**{f"_off_{name}__gte": HALF_FEN})
+    rows = (
+        Charge.objects.annotate(**sums, others=Count(f"{posting}id", filter=other))
+        .annotate(**diffs)
+        .filter(mismatch)
+        .order_by("id")
+        .values_list("id", "transaction__key", "transaction__kind", "others", *expected, *expected.values())[
+            : limit + 1
+        ]
+    )
+    for pk, key, kind, others, *amounts in rows:
+        posted, recorded = amounts[: len(expected)], amounts[len(expected) :]
+        problems = [
+            f"{name.replace('_', ' ')} {abs(amount)} against {field.replace('_', ' ')} {want}"
+            for (name, field), amount, want in zip(expected.items(), posted, recorded, strict=True)
+            if abs(abs(amount) - want) >= HALF_FEN or (amount and (amount > 0) != name.startswith("to_"))
+        ]
+        if others:
+            problems.append(f"{others} posting(s) to accounts that are not the charge's")
+        if kind != "capture":
+            problems.append(f"its kind is {kind}, not capture")
+        found.append(f"Charge {pk} does not match its transaction {key}: {'; '.join(problems)}.")
+    return _more(found, limit, "charges not matching their transactions")
+
+
+# --- statements and holds --------------------------------------------------------------------------------------------
+
+
+def _statement_totals_differ(queryset, columns: dict[str, str], source: str, limit: int) -> list[str]:
+    """Statements in ``queryset`` whose ``columns`` (statement field → sum
+    annotation) differ; ``source`` names what was summed."""
+    mismatch = Q()
+    diffs = {}
+    for field, total in columns.items():
+        diffs.update(_diff(field, total))
+        mismatch |= _differs(field, total)
+    rows = (
+        queryset.annotate(**diffs)
+        .filter(mismatch)
+        .order_by("id")
+        .values_list("id", "role", "organisation_id", *columns, *columns.values())[: limit + 1]
+    )
+    found = []
+    for pk, role, org, *amounts in rows:
+        stated, summed = amounts[: len(columns)], amounts[len(columns) :]
+        problems = [
+            f"{field} {a} but {source} sum to {b}"
+            for field, a, b in zip(columns, stated, summed, strict=True)
+            if abs(Decimal(a) - Decimal(b)) >= HALF_FEN
+        ]
+        found.append(f"Statement {pk} ({role}, organisation {org}): {'; '.join(problems)}.")
+    return found
+
+
+def statements_not_adding_up(limit: int = DEFAULT_LIMIT) -> list[str]:
+    """Statements whose totals differ from the sum of their lines, or from the
+    sum of the charges assigned to them (provider statements: gross,
+    commission and net = provider share; buyer statements: gross)."""
+    by_lines = SettlementStatement.objects.annotate(
+        lines_gross=_sum("lines__gross"),
+        lines_commission=_sum("lines__commission"),
+        lines_net=_sum("lines__net"),
+        lines_samples=Coalesce(Sum("lines__samples"), 0),
+    )
+    found = _statement_totals_differ(
+        by_lines,
+        {"gross": "lines_gross", "commission": "lines_commission", "net": "lines_net", "samples": "lines_samples"},
+        "its lines",
+        limit,
+    )
+    provider = SettlementStatement.objects.filter(role=StatementRole.PROVIDER).annotate(
+        charged_gross=_sum("provider_charges__gross"),
+        charged_commission=_sum("provider_charges__commission"),
+        charged_net=_sum("provider_charges__provider_share"),
+    )
+    found += _statement_totals_differ(
+        provider,
+        {"gross": "charged_gross", "commission": "charged_commission", "net": "charged_net"},
+        "its charges",
+        limit,
+    )
+    buyer = SettlementStatement.objects.filter(role=StatementRole.BUYER).annotate(
+        charged_gross=_sum("buyer_charges__gross")
+    )
+    found += _statement_totals_differ(buyer, {"gross": "charged_gross"}, "its charges", limit)
+    return _more(found, limit, "statements not adding up")
+
+
+def overdrawn_holds(limit: int = DEFAULT_LIMIT) -> list[str]:
+    """Holds whose captured and released parts exceed the amount held, whose
+    captured part is not what their charges drew from them, and buyers whose
+    held balance is not what their holds still keep."""
+    holds = (
+        Hold.objects.annotate(drawn=_sum("lease__charges__from_hold"), used=F("captured") + F("released"))
+        .annotate(**_diff("captured", "drawn"))
+        .filter(Q(used__gt=F("amount")) | _differs("captured", "drawn"))
+        .order_by("id")
+        .values_list("id", "lease_id", "amount", "captured", "released", "drawn")[: limit + 1]
+    )
+    found = []
+    for pk, lease, amount, captured, released, drawn in holds:
+        if captured + released > amount:
+            found.append(
+                f"Hold {pk} (lease {lease}) of {amount} has {captured} captured and {released} released: "
+                f"{captured + released - amount} more than it held."
+            )
+        if abs(captured - drawn) >= HALF_FEN:
+            found.append(f"Hold {pk} (lease {lease}) shows {captured} captured but its charges drew {drawn} from it.")
+    kept = (
+        Hold.objects.values("buyer_id")
+        .annotate(kept=_sum("amount") - _sum("captured") - _sum("released"))
+        .values_list("buyer_id", "kept")
+    )
+    held = dict(
+        Account.objects.filter(kind=AccountKind.BUYER_HELD, organisation__isnull=False).values_list(
+            "organisation_id", "balance"
+        )
+    )
+    for buyer_id, remaining in kept:
+        if abs(held.pop(buyer_id, Decimal(0)) - remaining) >= HALF_FEN:
+            code = f"org:{buyer_id}:held"
+            found.append(f"Account {code} does not hold what buyer {buyer_id}'s holds keep ({remaining}).")
+    for buyer_id, balance in held.items():
+        if abs(balance) >= HALF_FEN:
+            found.append(f"Account org:{buyer_id}:held holds {balance} but buyer {buyer_id} has no holds.")
+    return _more(found, limit, "hold breaches")
+
+
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("transactions balance", unbalanced_transactions),
+    ("cached balances equal postings", stale_balances),
+    ("no forbidden negative balance", forbidden_negative_balances),
+    ("every usage sample charged exactly once", samples_not_charged_once),
+    ("charges match their transactions", charges_not_matching),
+    ("statements equal their lines and charges", statements_not_adding_up),
+    ("holds not overdrawn", overdrawn_holds),
+)
+
+
+@contextmanager
+def snapshot() -> Iterator[None]:
+    """A read-only transaction in which every check sees the same books: on
+    PostgreSQL, outside another transaction, REPEATABLE READ, so money moving
+    meanwhile cannot make the books look wrong."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def ledger_breaches(*, limit: int = DEFAULT_LIMIT) -> list[str]:
+    """Every breach of every check, one sentence each (at most ``limit`` per check)."""
+    with snapshot():
+        return [breach for _name, check in CHECKS for breach in check(limit)]

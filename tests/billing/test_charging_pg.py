@@ -1,0 +1,154 @@
+"""Several charging workers at once, on PostgreSQL: every usage sample is
+charged exactly once and the money adds up to the fen."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.db.models import Sum
+
+from billing import charging, checks, services
+from billing.domain.money import to_fen
+from billing.models import Charge, UsageSample
+from scheduler import services as scheduler_services
+from scheduler.models import Lease
+from tests import factories
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+WORKERS = 4
+
+
+def balance(org_id: int, kind: str) -> Decimal:
+    return services.balance(services.account_code(org_id, kind))
+
+
+def run_together(target: Callable[[int], Any], count: int) -> list[Any]:
+    """Run ``target(i)`` in ``count`` threads that start at the same moment,
+    each on its own database connection; their results, or the first error."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = target(i)
+        except BaseException as error:  # reported to the test below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads), "a worker did not finish"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def drain(_: int) -> charging.ChargeRun:
+    """One worker: batches of 50 until nothing is left to claim."""
+    total = charging.ChargeRun()
+    while True:
+        run = charging.charge_batch(limit=50)
+        total.samples += run.samples
+        total.charges += run.charges
+        total.gross += run.gross
+        total.suspended_leases += run.suspended_leases
+        total.failed += run.failed
+        if run.samples == 0 and not run.failed:
+            return total
+
+
+def leases_for(buyer, count: int) -> list[Lease]:
+    jobs = [factories.submit(buyer) for _ in range(count)]
+    scheduler_services.cycle_run()
+    leases = list(Lease.objects.filter(job__in=jobs).select_related("job", "pool__site").order_by("id"))
+    assert len(leases) == count
+    return leases
+
+
+def meter(lease: Lease, samples: int, *, ncu_hours: Decimal, first: int = 1) -> None:
+    """The provider's agent reports one sample a minute."""
+    for sequence in range(first, first + samples):
+        start = lease.start + timedelta(minutes=sequence - 1)
+        services.usage_record(
+            lease=lease, sequence=sequence, start=start, end=start + timedelta(minutes=1), ncu_hours=ncu_hours
+        )
+
+
+def test_four_workers_charge_thousands_of_samples_exactly_once_and_the_money_adds_up():
+    provider_user, _pools = factories.market(pools=4, nodes=1)
+    provider_id = provider_user.organisation_id
+    rich, poor = factories.buyer(), factories.buyer()
+    services.wallet_top_up(organisation=rich.organisation, amount=Decimal("100000.00"), reference="BANK-1", actor=rich)
+    rich_leases = leases_for(rich, 2)
+    poor_leases = leases_for(poor, 2)
+    poor_top_up = sum((lease.estimated_cost for lease in poor_leases), Decimal("5.00"))
+    services.wallet_top_up(organisation=poor.organisation, amount=poor_top_up, reference="BANK-2", actor=poor)
+    for lease in rich_leases + poor_leases:
+        services.hold_for_lease(lease=lease)
+        # 500 samples of 1/400 of the estimate each: 125% of the hold.
+        meter(lease, 500, ncu_hours=(lease.ncu_hours / 400).quantize(Decimal("0.0001")))
+    samples = UsageSample.objects.count()
+    assert samples == 2000
+
+    runs = run_together(drain, WORKERS)
+
+    assert sum(run.samples for run in runs) == samples
+    assert all(run.samples > 0 for run in runs), "every worker took part"
+    assert not any(run.failed for run in runs)
+    assert not UsageSample.objects.filter(charged=False).exists()
+    assert Charge.objects.count() == samples
+    assert Charge.objects.values("sample").distinct().count() == samples
+    assert checks.ledger_breaches() == []
+    call_command("check_ledger")
+
+    gross = Charge.objects.aggregate(total=Sum("gross"))["total"]
+    assert sum((run.gross for run in runs), Decimal(0)) == gross
+    assert balance(provider_id, "payable") + services.balance(services.PLATFORM_COMMISSION) == gross
+    # The rich buyer paid everything from the hold and the wallet; the poor one owes the rest.
+    for buyer, top_up in ((rich, Decimal("100000.00")), (poor, poor_top_up)):
+        org = buyer.organisation_id
+        charged = Charge.objects.filter(buyer_id=org).aggregate(total=Sum("gross"))["total"]
+        owed = -balance(org, "debt")
+        assert balance(org, "available") + balance(org, "held") + charged - owed == top_up
+    assert balance(rich.organisation_id, "debt") == 0
+    assert balance(poor.organisation_id, "available") == 0
+    assert balance(poor.organisation_id, "debt") < 0
+    suspended = {lease for run in runs for lease in run.suspended_leases}
+    assert suspended == {lease.pk for lease in poor_leases}
+
+
+def test_a_usage_batch_delivered_three_times_is_charged_once():
+    factories.market(pools=1, nodes=1)
+    buyer = factories.buyer()
+    services.wallet_top_up(organisation=buyer.organisation, amount=Decimal("100000.00"), reference="B", actor=buyer)
+    (lease,) = leases_for(buyer, 1)
+    services.hold_for_lease(lease=lease)
+    per_sample = Decimal("1.5000")
+
+    run_together(lambda _: meter(lease, 200, ncu_hours=per_sample), 3)
+    runs = run_together(drain, 2)
+
+    assert UsageSample.objects.count() == 200
+    assert sum(run.samples for run in runs) == 200
+    assert Charge.objects.count() == 200
+    assert Charge.objects.aggregate(total=Sum("ncu_hours"))["total"] == per_sample * 200
+    # Charged in order against the lease's running total: never above the price of the whole usage.
+    assert Charge.objects.aggregate(total=Sum("gross"))["total"] <= to_fen(lease.unit_price * per_sample * 200)
+    meter(lease, 200, ncu_hours=per_sample)  # a fourth delivery, after charging
+    assert charging.charge_pending(limit=500) == 0
+    assert Charge.objects.count() == 200
+    assert checks.ledger_breaches() == []

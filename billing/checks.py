@@ -41,13 +41,19 @@ def _sum(expression: str, **extra: object) -> Coalesce:
     return Coalesce(Sum(expression, **extra), Value(Decimal(0)), output_field=money)
 
 
-def _differs(a: str, b: str) -> Q:
-    """``a`` and ``b`` (fields or annotations) differ by half a fen or more."""
-    return Q(**{f"_diff_{a}_{b}__gte": HALF_FEN})
+def _differs(a: str, b: str, *, by: Decimal | int = HALF_FEN) -> Q:
+    """``a`` and ``b`` (fields or annotations, annotated with :func:`_diff`)
+    differ by ``by`` or more: half a fen for money, 1 for counts."""
+    return Q(**{f"_diff_{a}_{b}__gte": by})
 
 
 def _diff(a: str, b: str) -> dict[str, Abs]:
     return {f"_diff_{a}_{b}": Abs(F(a) - F(b))}
+
+
+def _cny(amount: object) -> str:
+    """An amount as shown in a sentence: to the fen (SQLite sums carry binary noise)."""
+    return str(Decimal(str(amount)).quantize(FEN))
 
 
 def _more(found: list[str], limit: int, what: str) -> list[str]:
@@ -68,7 +74,7 @@ def unbalanced_transactions(limit: int = DEFAULT_LIMIT) -> list[str]:
         .values_list("id", "key", "total", "lines")[: limit + 1]
     )
     found = [
-        f"Transaction {pk} ({key}) has postings summing to {total}, not zero."
+        f"Transaction {pk} ({key}) has postings summing to {_cny(total)}, not zero."
         if abs(total) >= HALF_FEN
         else f"Transaction {pk} ({key}) has {lines} posting(s); double entry needs at least two."
         for pk, key, total, lines in rows
@@ -86,7 +92,7 @@ def stale_balances(limit: int = DEFAULT_LIMIT) -> list[str]:
         .values_list("code", "balance", "posted")[: limit + 1]
     )
     found = [
-        f"Account {code} caches a balance of {cached} but its postings sum to {posted}."
+        f"Account {code} caches a balance of {_cny(cached)} but its postings sum to {_cny(posted)}."
         for code, cached, posted in rows
     ]
     return _more(found, limit, "stale balances")
@@ -107,8 +113,8 @@ def forbidden_negative_balances(limit: int = DEFAULT_LIMIT) -> list[str]:
     for code, kind, cached, posted, flagged in rows:
         if cached <= -HALF_FEN or posted <= -HALF_FEN:
             found.append(
-                f"Account {code} ({kind}) may not go below zero but stands at {min(cached, posted)} "
-                f"(cached {cached}, posted {posted})."
+                f"Account {code} ({kind}) may not go below zero but stands at {_cny(min(cached, posted))} "
+                f"(cached {_cny(cached)}, posted {_cny(posted)})."
             )
         if flagged:
             found.append(f"Account {code} ({kind}) is flagged as allowed to go negative; its kind is not.")
@@ -150,13 +156,14 @@ def samples_not_charged_once(limit: int = DEFAULT_LIMIT) -> list[str]:
 def charges_not_matching(limit: int = DEFAULT_LIMIT) -> list[str]:
     """Charges whose split or funding does not add up to the gross, that name
     another lease than their sample's, or whose ledger transaction does not
-    move exactly their amounts: the buyer's held, available and debt accounts
-    credited by ``from_hold``, ``from_available`` and ``owed``, the provider's
-    payable debited by the provider share, platform commission by the
-    commission, and nothing else."""
+    move exactly their amounts: out of the buyer's held, available and debt
+    accounts ``from_hold``, ``from_available`` and ``owed``, out of voucher
+    accounts ``voucher_funded``, into the provider's payable account the
+    provider share and into platform commission the commission, and nothing
+    else."""
     arithmetic = (
         Charge.objects.annotate(split=F("commission") + F("provider_share"))
-        .annotate(funded=F("from_hold") + F("from_available") + F("owed"))
+        .annotate(funded=F("from_hold") + F("from_available") + F("owed") + F("voucher_funded"))
         .annotate(**_diff("gross", "split"), **_diff("gross", "funded"))
         .filter(_differs("gross", "split") | _differs("gross", "funded") | ~Q(lease_id=F("sample__lease_id")))
         .order_by("id")
@@ -169,7 +176,9 @@ def charges_not_matching(limit: int = DEFAULT_LIMIT) -> list[str]:
         if abs(gross - split) >= HALF_FEN:
             found.append(f"Charge {pk}: gross {gross} is not commission {commission} + provider share {share}.")
         if abs(gross - funded) >= HALF_FEN:
-            found.append(f"Charge {pk}: gross {gross} is not what funded it ({funded} from hold, wallet and debt).")
+            found.append(
+                f"Charge {pk}: gross {gross} is not what funded it ({_cny(funded)} from hold, wallet, debt, vouchers)."
+            )
         if lease != sample_lease:
             found.append(f"Charge {pk} is for lease {lease} but its usage sample belongs to lease {sample_lease}.")
 
@@ -183,15 +192,17 @@ def charges_not_matching(limit: int = DEFAULT_LIMIT) -> list[str]:
         "out_of_held": Q(**buyer_account, **{f"{posting}account__kind": AccountKind.BUYER_HELD}),
         "out_of_available": Q(**buyer_account, **{f"{posting}account__kind": AccountKind.BUYER_AVAILABLE}),
         "out_of_debt": Q(**buyer_account, **{f"{posting}account__kind": AccountKind.BUYER_DEBT}),
+        "out_of_vouchers": Q(**{f"{posting}account__kind": AccountKind.VOUCHER}),
     }
     other = ~Q(legs["to_commission"] | legs["to_provider"] | legs["out_of_held"])
-    other &= ~Q(legs["out_of_available"] | legs["out_of_debt"])
+    other &= ~Q(legs["out_of_available"] | legs["out_of_debt"] | legs["out_of_vouchers"])
     expected = {
         "to_commission": "commission",
         "to_provider": "provider_share",
         "out_of_held": "from_hold",
         "out_of_available": "from_available",
         "out_of_debt": "owed",
+        "out_of_vouchers": "voucher_funded",
     }
     sums = {name: _sum(f"{posting}amount", filter=q) for name, q in legs.items()}
     mismatch = Q(others__gt=0) | ~Q(transaction__kind="capture")
@@ -211,11 +222,11 @@ def charges_not_matching(limit: int = DEFAULT_LIMIT) -> list[str]:
     )
     for pk, key, kind, others, *amounts in rows:
         posted, recorded = amounts[: len(expected)], amounts[len(expected) :]
-        problems = [
-            f"{name.replace('_', ' ')} {abs(amount)} against {field.replace('_', ' ')} {want}"
-            for (name, field), amount, want in zip(expected.items(), posted, recorded, strict=True)
-            if abs(abs(amount) - want) >= HALF_FEN or (amount and (amount > 0) != name.startswith("to_"))
-        ]
+        problems = []
+        for (leg, field), moved, want in zip(expected.items(), posted, recorded, strict=True):
+            sign = 1 if leg.startswith("to_") else -1
+            if abs(sign * moved - want) >= HALF_FEN:
+                problems.append(f"{leg.replace('_', ' ')} {_cny(sign * moved)} but the charge's {field} is {want}")
         if others:
             problems.append(f"{others} posting(s) to accounts that are not the charge's")
         if kind != "capture":
@@ -234,7 +245,7 @@ def _statement_totals_differ(queryset, columns: dict[str, str], source: str, lim
     diffs = {}
     for field, total in columns.items():
         diffs.update(_diff(field, total))
-        mismatch |= _differs(field, total)
+        mismatch |= _differs(field, total, by=1 if field == "samples" else HALF_FEN)
     rows = (
         queryset.annotate(**diffs)
         .filter(mismatch)
@@ -245,7 +256,7 @@ def _statement_totals_differ(queryset, columns: dict[str, str], source: str, lim
     for pk, role, org, *amounts in rows:
         stated, summed = amounts[: len(columns)], amounts[len(columns) :]
         problems = [
-            f"{field} {a} but {source} sum to {b}"
+            f"{field} {a} but {source} sum to {b if field == 'samples' else _cny(b)}"
             for field, a, b in zip(columns, stated, summed, strict=True)
             if abs(Decimal(a) - Decimal(b)) >= HALF_FEN
         ]
@@ -254,9 +265,10 @@ def _statement_totals_differ(queryset, columns: dict[str, str], source: str, lim
 
 
 def statements_not_adding_up(limit: int = DEFAULT_LIMIT) -> list[str]:
-    """Statements whose totals differ from the sum of their lines, or from the
-    sum of the charges assigned to them (provider statements: gross,
-    commission and net = provider share; buyer statements: gross)."""
+    """Statements whose totals (gross, commission, net, samples) differ from
+    the sums of their lines, or from the sums of the charges linked to them
+    (a provider's through ``provider_statement``, a buyer's through
+    ``buyer_statement``; net is the provider share, samples count charges)."""
     by_lines = SettlementStatement.objects.annotate(
         lines_gross=_sum("lines__gross"),
         lines_commission=_sum("lines__commission"),
@@ -269,21 +281,24 @@ def statements_not_adding_up(limit: int = DEFAULT_LIMIT) -> list[str]:
         "its lines",
         limit,
     )
-    provider = SettlementStatement.objects.filter(role=StatementRole.PROVIDER).annotate(
-        charged_gross=_sum("provider_charges__gross"),
-        charged_commission=_sum("provider_charges__commission"),
-        charged_net=_sum("provider_charges__provider_share"),
-    )
-    found += _statement_totals_differ(
-        provider,
-        {"gross": "charged_gross", "commission": "charged_commission", "net": "charged_net"},
-        "its charges",
-        limit,
-    )
-    buyer = SettlementStatement.objects.filter(role=StatementRole.BUYER).annotate(
-        charged_gross=_sum("buyer_charges__gross")
-    )
-    found += _statement_totals_differ(buyer, {"gross": "charged_gross"}, "its charges", limit)
+    for role, charges in ((StatementRole.PROVIDER, "provider_charges"), (StatementRole.BUYER, "buyer_charges")):
+        by_charges = SettlementStatement.objects.filter(role=role).annotate(
+            charged_gross=_sum(f"{charges}__gross"),
+            charged_commission=_sum(f"{charges}__commission"),
+            charged_net=_sum(f"{charges}__provider_share"),
+            charged_samples=Count(f"{charges}__id"),
+        )
+        found += _statement_totals_differ(
+            by_charges,
+            {
+                "gross": "charged_gross",
+                "commission": "charged_commission",
+                "net": "charged_net",
+                "samples": "charged_samples",
+            },
+            "its charges",
+            limit,
+        )
     return _more(found, limit, "statements not adding up")
 
 
@@ -306,7 +321,9 @@ def overdrawn_holds(limit: int = DEFAULT_LIMIT) -> list[str]:
                 f"{captured + released - amount} more than it held."
             )
         if abs(captured - drawn) >= HALF_FEN:
-            found.append(f"Hold {pk} (lease {lease}) shows {captured} captured but its charges drew {drawn} from it.")
+            found.append(
+                f"Hold {pk} (lease {lease}) shows {captured} captured but its charges drew {_cny(drawn)} from it."
+            )
     kept = (
         Hold.objects.values("buyer_id")
         .annotate(kept=_sum("amount") - _sum("captured") - _sum("released"))
@@ -320,10 +337,10 @@ def overdrawn_holds(limit: int = DEFAULT_LIMIT) -> list[str]:
     for buyer_id, remaining in kept:
         if abs(held.pop(buyer_id, Decimal(0)) - remaining) >= HALF_FEN:
             code = f"org:{buyer_id}:held"
-            found.append(f"Account {code} does not hold what buyer {buyer_id}'s holds keep ({remaining}).")
+            found.append(f"Account {code} does not hold what buyer {buyer_id}'s holds keep ({_cny(remaining)}).")
     for buyer_id, balance in held.items():
         if abs(balance) >= HALF_FEN:
-            found.append(f"Account org:{buyer_id}:held holds {balance} but buyer {buyer_id} has no holds.")
+            found.append(f"Account org:{buyer_id}:held holds {_cny(balance)} but buyer {buyer_id} has no holds.")
     return _more(found, limit, "hold breaches")
 
 

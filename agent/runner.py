@@ -18,10 +18,11 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,10 +39,10 @@ class Progress:
     message: str
 
     def json_percent(self) -> int | float:
-        """The percent as a JSON number: an integer when whole, else two decimals."""
+        """The percent as a JSON number: an integer when whole, else two decimals (rounded down)."""
         if self.percent == self.percent.to_integral_value():
             return int(self.percent)
-        return float(round(self.percent, 2))
+        return float(self.percent.quantize(Decimal("0.01"), rounding=ROUND_DOWN))
 
 
 def parse_progress(line: str) -> Progress | None:
@@ -88,10 +89,15 @@ def container_argv(
 def stop_stale_workload(pid: int, lease_id: int) -> bool:
     """Kill a workload an earlier run of the agent left behind (its process group), if ``pid`` is still that
     workload: on Linux, a process whose environment has this lease's ``CX_LEASE_ID``. True if one was killed."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return False  # gone (or not Linux: then it cannot be told from an unrelated process, so leave it)
+    environ = b""
+    for _ in range(20):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            return False  # gone (or not Linux: then it cannot be told from an unrelated process, so leave it)
+        if environ:
+            break
+        time.sleep(0.05)  # some kernels briefly show a running process's environment as empty: look again
     if f"CX_LEASE_ID={lease_id}".encode() not in environ.split(b"\0"):
         return False
     with contextlib.suppress(ProcessLookupError, PermissionError):

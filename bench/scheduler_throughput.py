@@ -477,7 +477,13 @@ def make_market(*, pools: int, jobs: int, seed: int, now: datetime) -> Setup:
 # --- ours: workers running the scheduling cycle -----------------------------------------------------------------------
 
 
-def _worker(index: int, url: str, limit: int, ready: Any, go: Any, results: Any) -> None:
+def _worker(index: int, url: str, limit: int, workers: int, split: str, ready: Any, go: Any, results: Any) -> None:
+    """One scheduling worker: cycles until nothing it can claim can be placed.
+
+    ``split="shard"``: cycle k of worker w matches against offer shard (w + k) mod workers, so the workers' shards
+    are disjoint at any moment and a job left pending meets the other shards in later cycles; the worker stops after
+    ``workers`` cycles in a row that placed nothing (every shard tried). ``split="none"``: every cycle sees the whole
+    market; the worker stops after one cycle that placed nothing and had nothing refused at commit."""
     django_setup(url)
     from django.db import connection
 
@@ -489,21 +495,32 @@ def _worker(index: int, url: str, limit: int, ready: Any, go: Any, results: Any)
     go.wait()
     started = time.perf_counter()
     cycles = []
+    idle = 0
+    k = 0
     while True:
+        shard = ((index + k) % workers, workers) if split == "shard" and workers > 1 else None
+        k += 1
         t0 = time.perf_counter()
-        report = services.cycle_run(limit=limit)
+        c0 = time.process_time()
+        report = services.cycle_run(limit=limit, shard=shard)
         cycles.append(
             {
+                "shard": None if shard is None else shard[0],
                 "queued": report.queued,
                 "assigned": report.assigned,
                 "pending": report.pending,
                 "refused_at_commit": report.refused_at_commit,
                 "preempted": report.preempted,
                 "seconds": round(time.perf_counter() - t0, 3),
+                "cpu_seconds": round(time.process_time() - c0, 3),
                 "at": round(time.perf_counter() - started, 3),
             }
         )
-        if report.queued == 0 or (report.assigned == 0 and report.refused_at_commit == 0 and report.preempted == 0):
+        if report.queued == 0:
+            break
+        progress = report.assigned or report.refused_at_commit or report.preempted
+        idle = 0 if progress else idle + 1
+        if idle >= (workers if shard is not None else 1):
             break
     results.put({"worker": index, "cycles": cycles, "seconds": time.perf_counter() - started})
     connection.close()
@@ -514,13 +531,19 @@ class RunResult:
     seconds: float
     workers: list[dict[str, Any]]
 
+    @property
+    def last_placement(self) -> float:
+        return max((c["at"] for w in self.workers for c in w["cycles"] if c["assigned"]), default=0.0)
 
-def run_ours(url: str, *, workers: int, limit: int) -> RunResult:
+
+def run_ours(url: str, *, workers: int, limit: int, split: str) -> RunResult:
     ctx = mp.get_context("spawn")
     ready = ctx.Barrier(workers + 1)
     go = ctx.Event()
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(i, url, limit, ready, go, results)) for i in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(i, url, limit, workers, split, ready, go, results)) for i in range(workers)
+    ]
     for p in procs:
         p.start()
     ready.wait()
@@ -941,6 +964,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--limit", type=int, default=0, help="jobs claimed per cycle (default: jobs / workers)")
+    parser.add_argument(
+        "--split",
+        choices=["shard", "none"],
+        default="shard",
+        help="shard: each worker's cycle sees a disjoint shard of the offers (rotating); none: the whole market",
+    )
     parser.add_argument("--k", type=int, default=20, help="candidate pools per job in the optimum")
     parser.add_argument("--solver-seconds", type=float, default=120.0)
     parser.add_argument("--naive-budget", type=float, default=120.0, help="seconds before the naive run extrapolates")
@@ -982,7 +1011,9 @@ def main(argv: list[str] | None = None) -> int:
     print("  jobs:  " + ", ".join(f"{k} {v}" for k, v in setup.kinds.most_common()))
     print("  pools: " + ", ".join(f"{k} {v}" for k, v in setup.pool_kinds.most_common()))
 
-    run = run_ours(bench_url, workers=args.workers, limit=limit)
+    load_before = os.getloadavg()
+    run = run_ours(bench_url, workers=args.workers, limit=limit, split=args.split)
+    load_after = os.getloadavg()
     from django.db.models import Sum
 
     from scheduler.models import Job, JobStatus, Lease
@@ -993,17 +1024,24 @@ def main(argv: list[str] | None = None) -> int:
     checked, overbooked, findings = overbooked_offers()
     jobs_per_s = placed / run.seconds if run.seconds else 0.0
     print()
+    split = "offer shards rotating between workers" if args.split == "shard" else "whole market in every cycle"
     print(
         f"ours: {placed:,} jobs placed in {run.seconds:.2f} s = {jobs_per_s:,.0f} jobs/s "
-        f"({args.workers} workers, up to {limit:,} jobs claimed per cycle); {still_queued:,} left queued"
+        f"({args.workers} workers, {split}, up to {limit:,} jobs claimed per cycle); {still_queued:,} left queued"
     )
+    print(
+        f"  last placement committed at {run.last_placement:.2f} s; the rest is the cycles that confirm the "
+        f"{still_queued:,} jobs left cannot be placed"
+    )
+    print(f"  load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after, on {os.cpu_count()} CPUs")
     for w in run.workers:
-        cycles = "; ".join(
-            f"{c['queued']} claimed → {c['assigned']} placed, {c['refused_at_commit']} refused at commit "
-            f"in {c['seconds']:.2f} s"
-            for c in w["cycles"]
-        )
-        print(f"  worker {w['worker']}: {len(w['cycles'])} cycles, {w['seconds']:.2f} s: {cycles}")
+        print(f"  worker {w['worker']}: {len(w['cycles'])} cycles, {w['seconds']:.2f} s")
+        for c in w["cycles"]:
+            shard = "whole market" if c["shard"] is None else f"shard {c['shard']}"
+            print(
+                f"    {shard}: {c['queued']:,} claimed → {c['assigned']:,} placed, {c['refused_at_commit']:,} "
+                f"refused at commit, {c['preempted']} preempted; {c['seconds']:.2f} s ({c['cpu_seconds']:.2f} s CPU)"
+            )
     print(f"  overbooking check: {checked:,} offers with leases, {overbooked} overbooked")
     for line in findings:
         print("   ", line)
@@ -1047,6 +1085,8 @@ def main(argv: list[str] | None = None) -> int:
         "pools": args.pools,
         "workers": args.workers,
         "seconds": round(run.seconds, 3),
+        "seconds_to_last_placement": round(run.last_placement, 3),
+        "split": args.split,
         "jobs_placed": placed,
         "jobs_per_s": round(jobs_per_s, 1),
         "overbooked": overbooked,

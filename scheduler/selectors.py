@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Mod
 
 from billing.domain import pricing
 from marketplace.domain.units import pool_ncu
-from marketplace.models import Role, VerificationStatus
+from marketplace.models import DeviceModel, Role, VerificationStatus
 from scheduler.domain import demand as engine
 from scheduler.domain.capacity import Hold
 from scheduler.domain.packing import NodeShape
@@ -28,8 +29,11 @@ POOL_RELATED = (
 )
 
 
-def market_offers(*, hub: str | None = None, at: datetime | None = None) -> QuerySet[Offer]:
-    """Active offers of verified providers on active pools (the market)."""
+def market_offers(
+    *, hub: str | None = None, at: datetime | None = None, shard: tuple[int, int] | None = None
+) -> QuerySet[Offer]:
+    """Active offers of verified providers on active pools (the market); with
+    ``shard=(index, count)`` only the offers whose id is ``index`` modulo ``count``."""
     qs = Offer.objects.filter(
         status=OfferStatus.ACTIVE,
         pool__status="active",
@@ -39,7 +43,28 @@ def market_offers(*, hub: str | None = None, at: datetime | None = None) -> Quer
         qs = qs.filter(Q(window_end__isnull=True) | Q(window_end__gt=at))
     if hub:
         qs = qs.filter(pool__site__hub=hub)
+    if shard is not None:
+        index, count = shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard {index} of {count} does not exist")
+        qs = qs.alias(shard_key=Mod("id", count)).filter(shard_key=index)
     return qs
+
+
+def _market_rows(*, hub: str | None, at: datetime, shard: tuple[int, int] | None) -> list[Offer]:
+    """The market's offers with pool, site and provider joined, and the device
+    models attached from one read of the (small) catalogue: thousands of offers
+    share a few dozen models, so joining them per offer only moves bytes."""
+    offers = list(
+        market_offers(hub=hub, at=at, shard=shard).select_related(None).select_related("pool__site__provider")
+    )
+    devices = {d.pk: d for d in DeviceModel.objects.all()}
+    for offer in offers:
+        pool = offer.pool
+        pool.cpu_model = devices[pool.cpu_model_id]
+        if pool.accelerator_model_id:
+            pool.accelerator_model = devices[pool.accelerator_model_id]
+    return offers
 
 
 def holding_leases(offer_ids: Iterable[int] | None = None, *, after: datetime | None = None) -> QuerySet[Lease]:
@@ -109,11 +134,12 @@ def effective_unit_price(offer: Offer, *, at: datetime, utilisation: Decimal) ->
 
 
 def engine_inputs(
-    *, now: datetime, hub: str | None = None
+    *, now: datetime, hub: str | None = None, shard: tuple[int, int] | None = None
 ) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
-    """The market for one cycle: offers as the engine's PoolOffers, holding
-    leases as its Leases, and the Offer rows by engine pool id."""
-    offers = list(market_offers(hub=hub, at=now))
+    """The market for one cycle (or the shard of it, see :func:`market_offers`):
+    offers as the engine's PoolOffers, holding leases as its Leases, and the
+    Offer rows by engine pool id."""
+    offers = _market_rows(hub=hub, at=now, shard=shard)
     by_key = {f"offer:{o.pk}": o for o in offers}
     leases = list(
         holding_leases(after=now)

@@ -378,14 +378,26 @@ class CycleReport:
     lease_ids: list[int] = field(default_factory=list)
 
 
-def cycle_run(*, hub: str | None = None, limit: int = 20_000, now: datetime | None = None) -> CycleReport:
+def cycle_run(
+    *,
+    hub: str | None = None,
+    limit: int = 20_000,
+    now: datetime | None = None,
+    shard: tuple[int, int] | None = None,
+) -> CycleReport:
     """One scheduling cycle. Claims queued jobs with ``FOR UPDATE SKIP LOCKED``
     (several workers take disjoint jobs), matches them in the pure engine,
     then locks the offers it places jobs on (in id order) and re-verifies
     every placement against the leases committed meanwhile before writing
     it: capacity is never overbooked, whatever other workers did. All of it
     is one transaction, so a worker killed mid-cycle leaves no half-made
-    lease and its jobs stay queued."""
+    lease and its jobs stay queued.
+
+    ``shard=(index, count)`` matches the claimed jobs against the offers whose
+    id is ``index`` modulo ``count`` only, so workers given different shards
+    never propose the same capacity (none of their placements is refused at
+    commit); a job left pending stays queued for a cycle on another shard,
+    and its pending reason is left as the last whole-market cycle wrote it."""
     started = timezone.now()
     now = now or started
     report = CycleReport()
@@ -397,7 +409,7 @@ def cycle_run(*, hub: str | None = None, limit: int = 20_000, now: datetime | No
         report.queued = len(jobs)
         if not jobs:
             return report
-        pool_offers, leases, rows = selectors.engine_inputs(now=now, hub=hub)
+        pool_offers, leases, rows = selectors.engine_inputs(now=now, hub=hub, shard=shard)
         by_id = {str(job.pk): job for job in jobs}
         specs = [job_spec(job) for job in jobs]
         result = matching.schedule_cycle(specs, pool_offers, leases, now)
@@ -412,7 +424,7 @@ def cycle_run(*, hub: str | None = None, limit: int = 20_000, now: datetime | No
         for job_id, explanation in result.pending.items():
             job = by_id[job_id]
             message = explanation.message
-            if job.pending_reason != message:
+            if shard is None and job.pending_reason != message:
                 job.pending_reason = message
                 job.pending_detail = explanation.as_dict()
                 pending_updates.append(job)
@@ -503,8 +515,7 @@ def _write_assignments(
     )
     if moved != len(job_ids):  # a job left the queue under us: undo the whole cycle rather than guess
         raise Conflict("a claimed job changed state during the cycle")
-    for offer_id in {lease.offer_id for lease in leases}:
-        Offer.objects.filter(pk=offer_id).update(generation=F("generation") + 1)
+    Offer.objects.filter(pk__in=sorted({lease.offer_id for lease in leases})).update(generation=F("generation") + 1)
     entries: list[dict[str, Any]] = []
     for lease in leases:
         entries.append(

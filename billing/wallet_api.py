@@ -1,0 +1,202 @@
+"""The wallet: a buyer's top-ups (an external payment reference, no payment
+gateway) and what an organisation's accounts hold, with the history of every
+ledger transaction that touched them and what it meant."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import services
+from billing.domain.ledger import TransactionKind
+from billing.models import Account, AccountKind, LedgerTransaction, Posting
+from core.errors import InvalidInput
+from core.permissions import IsBuyer, IsMember
+
+MAX_PAGE = 200
+
+# What each kind of transaction means to the organisation whose accounts it touched.
+MEANINGS: dict[str, str] = {
+    TransactionKind.TOP_UP: "Money paid in from outside the platform.",
+    TransactionKind.HOLD: "Money set aside in escrow for a scheduled lease.",
+    TransactionKind.CAPTURE: "Metered usage charged: the buyer pays, the provider earns, the platform its commission.",
+    TransactionKind.RELEASE: "The unused part of a lease's escrow returned to the wallet.",
+    TransactionKind.DEBT_REPAYMENT: "Usage owed from earlier repaid out of new money.",
+    TransactionKind.PAYOUT: "A settlement statement paid out to the provider's bank account.",
+    TransactionKind.DISPUTE: "Earnings held back while an operator reviews a dispute.",
+    TransactionKind.DISPUTE_RESOLVED: "Earnings held back under dispute released.",
+    TransactionKind.ADJUSTMENT: "An operator's adjustment of a settlement statement.",
+}
+
+# The accounts a wallet shows, by kind; "owed" is shown positive (the debt account goes negative).
+SHOWN = {
+    "available": AccountKind.BUYER_AVAILABLE,
+    "held": AccountKind.BUYER_HELD,
+    "owed": AccountKind.BUYER_DEBT,
+    "payable": AccountKind.PROVIDER_PAYABLE,
+}
+
+
+def meaning_of(kind: str) -> str:
+    return MEANINGS.get(kind, f"{kind.replace('_', ' ').capitalize()}.")
+
+
+# --- reads -----------------------------------------------------------------------------------------------------------
+
+
+def wallet_balances(organisation_id: int) -> dict[str, Decimal]:
+    """Available, held, owed (a positive amount) and payable of one organisation, in one query."""
+    rows = dict(
+        Account.objects.filter(organisation_id=organisation_id, kind__in=SHOWN.values()).values_list("kind", "balance")
+    )
+    zero = Decimal("0.00")
+    amounts = {name: rows.get(kind, zero) for name, kind in SHOWN.items()}
+    amounts["owed"] = -amounts["owed"] if amounts["owed"] else zero
+    return amounts
+
+
+def wallet_history(organisation_id: int) -> QuerySet[LedgerTransaction]:
+    """Transactions touching the organisation's accounts, newest first, each
+    with only the postings to those accounts (``own_postings``)."""
+    own = Posting.objects.filter(account__organisation_id=organisation_id)
+    return (
+        LedgerTransaction.objects.filter(pk__in=own.values("transaction_id"))
+        .prefetch_related(
+            Prefetch("postings", queryset=own.select_related("account").order_by("id"), to_attr="own_postings")
+        )
+        .order_by("-id")
+    )
+
+
+# --- output ----------------------------------------------------------------------------------------------------------
+
+
+class WalletAmount(serializers.Serializer):
+    account = serializers.CharField(help_text="available, held, debt, payable, disputed")
+    amount = serializers.DecimalField(max_digits=18, decimal_places=2, help_text="CNY; positive in, negative out")
+
+
+class WalletTransaction(serializers.Serializer):
+    id = serializers.IntegerField()
+    key = serializers.CharField(help_text="Idempotency key: names the business event it records")
+    kind = serializers.CharField()
+    meaning = serializers.CharField(help_text="What this kind of transaction means")
+    memo = serializers.CharField()
+    amounts = WalletAmount(many=True, help_text="What it moved on each of the organisation's accounts")
+    created_at = serializers.DateTimeField()
+
+
+def transaction_view(tx: LedgerTransaction, organisation_id: int) -> dict[str, Any]:
+    """A transaction as the organisation sees it: only its own accounts' postings."""
+    postings = getattr(tx, "own_postings", None)
+    if postings is None:
+        postings = tx.postings.select_related("account").filter(account__organisation_id=organisation_id)
+    return {
+        "id": tx.pk,
+        "key": tx.key,
+        "kind": tx.kind,
+        "meaning": meaning_of(tx.kind),
+        "memo": tx.memo,
+        "amounts": [{"account": p.account.kind, "amount": p.amount} for p in postings],
+        "created_at": tx.created_at,
+    }
+
+
+class WalletHistory(serializers.Serializer):
+    count = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    results = WalletTransaction(many=True)
+
+
+class WalletOutput(serializers.Serializer):
+    organisation = serializers.IntegerField()
+    currency = serializers.CharField()
+    available = serializers.DecimalField(max_digits=18, decimal_places=2, help_text="Free to spend")
+    held = serializers.DecimalField(max_digits=18, decimal_places=2, help_text="In escrow for scheduled leases")
+    owed = serializers.DecimalField(
+        max_digits=18, decimal_places=2, help_text="Usage beyond what the wallet covered; repaid by the next top-up"
+    )
+    payable = serializers.DecimalField(max_digits=18, decimal_places=2, help_text="Provider earnings not paid out yet")
+    history = WalletHistory()
+
+
+# --- views -----------------------------------------------------------------------------------------------------------
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query_params.get("limit", 50))
+        offset = int(request.query_params.get("offset", 0))
+    except ValueError:
+        raise InvalidInput("limit and offset are whole numbers", field="limit") from None
+    if limit < 1 or offset < 0:
+        raise InvalidInput("limit is at least 1 and offset at least 0", field="limit")
+    return min(limit, MAX_PAGE), offset
+
+
+class WalletView(APIView):
+    """Your organisation's wallet: available, held, owed and (for providers)
+    payable, in CNY, and the transactions that touched its accounts, newest
+    first, each with its meaning and what it moved on each account."""
+
+    permission_classes = [IsMember]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("limit", int, description=f"History page size (at most {MAX_PAGE}, default 50)"),
+            OpenApiParameter("offset", int, description="History items to skip"),
+        ],
+        responses=WalletOutput,
+    )
+    def get(self, request: Request) -> Response:
+        org = request.user.organisation_id
+        limit, offset = _paging(request)
+        history = wallet_history(org)
+        page = [transaction_view(tx, org) for tx in history[offset : offset + limit]]
+        body = {
+            "organisation": org,
+            "currency": "CNY",
+            **wallet_balances(org),
+            "history": {"count": history.count(), "limit": limit, "offset": offset, "results": page},
+        }
+        return Response(WalletOutput(body).data)
+
+
+class TopUpView(APIView):
+    """Buyer: record money paid in, with the payment's reference (a bank
+    transfer's or payment slip's number). 201 with the transaction; sending
+    the same reference again returns that transaction with 200 and moves
+    nothing; the same reference with another amount is refused (409). What
+    the organisation owes from earlier usage is repaid first."""
+
+    permission_classes = [IsBuyer]
+
+    class InputSerializer(serializers.Serializer):
+        amount = serializers.DecimalField(
+            max_digits=18, decimal_places=2, min_value=Decimal("0.01"), help_text="CNY, at most two decimals"
+        )
+        reference = serializers.CharField(max_length=200, help_text="The external payment's reference")
+
+    @extend_schema(request=InputSerializer, responses={201: WalletTransaction, 200: WalletTransaction})
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        org = request.user.organisation
+        reference = data.validated_data["reference"].strip()
+        # The key services.wallet_top_up gives the payment: seen before means a retry.
+        seen = LedgerTransaction.objects.filter(key=f"{TransactionKind.TOP_UP}:{org.pk}:{reference}").exists()
+        tx = services.wallet_top_up(
+            organisation=org, amount=data.validated_data["amount"], reference=reference, actor=request.user
+        )
+        return Response(
+            WalletTransaction(transaction_view(tx, org.pk)).data,
+            status=status.HTTP_200_OK if seen else status.HTTP_201_CREATED,
+        )

@@ -1,0 +1,141 @@
+"""A buyer tops up the wallet and sees what it holds and what each movement meant."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from billing import charging, services
+from scheduler import services as scheduler_services
+from scheduler.models import Lease
+from tests import factories
+from tests.conftest import client_for
+
+pytestmark = pytest.mark.django_db
+
+WALLET = "/api/v1/wallet"
+TOP_UPS = "/api/v1/wallet/top-ups"
+
+
+def top_up(client, amount: str, reference: str):
+    return client.post(TOP_UPS, {"amount": amount, "reference": reference}, format="json")
+
+
+def amounts(item: dict) -> dict[str, Decimal]:
+    return {line["account"]: Decimal(line["amount"]) for line in item["amounts"]}
+
+
+def test_a_top_up_is_recorded_once_and_a_retry_returns_it(buyer):
+    client = client_for(buyer)
+    first = top_up(client, "1200.50", "ICBC-2026-0001")
+    assert first.status_code == 201
+    assert first.data["kind"] == "top_up"
+    assert amounts(first.data) == {"available": Decimal("1200.50")}
+    assert "paid in" in first.data["meaning"]
+    again = top_up(client, "1200.50", " ICBC-2026-0001 ")
+    assert again.status_code == 200 and again.data["id"] == first.data["id"]
+    wallet = client.get(WALLET).data
+    assert Decimal(wallet["available"]) == Decimal("1200.50")
+    assert wallet["history"]["count"] == 1
+
+
+def test_the_same_reference_with_another_amount_is_refused(buyer):
+    client = client_for(buyer)
+    assert top_up(client, "10.00", "SLIP-9").status_code == 201
+    refused = top_up(client, "99.00", "SLIP-9")
+    assert refused.status_code == 409 and refused.data["code"] == "conflict"
+    assert Decimal(client.get(WALLET).data["available"]) == Decimal("10.00")
+
+
+def test_two_buyers_may_use_the_same_bank_reference(buyer):
+    other = factories.buyer()
+    assert top_up(client_for(buyer), "5.00", "0001").status_code == 201
+    assert top_up(client_for(other), "7.00", "0001").status_code == 201
+    assert Decimal(client_for(other).get(WALLET).data["available"]) == Decimal("7.00")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"amount": "10.001", "reference": "R"}, "amount"),
+        ({"amount": "0.00", "reference": "R"}, "amount"),
+        ({"amount": "-5", "reference": "R"}, "amount"),
+        ({"amount": "abc", "reference": "R"}, "amount"),
+        ({"amount": "10.00"}, "reference"),
+        ({"amount": "10.00", "reference": "   "}, "reference"),
+        ({"amount": "10.00", "reference": "R" * 201}, "reference"),
+    ],
+)
+def test_a_top_up_needs_a_positive_amount_in_fen_and_a_reference(buyer, body, field):
+    response = client_for(buyer).post(TOP_UPS, body, format="json")
+    assert response.status_code == 400 and response.data["field"] == field
+    assert Decimal(client_for(buyer).get(WALLET).data["available"]) == 0
+
+
+def test_only_buyers_top_up_and_only_members_see_a_wallet(api, provider):
+    assert top_up(client_for(provider), "10.00", "R").status_code == 403
+    assert api.get(WALLET).status_code in (401, 403)
+    assert top_up(api, "10.00", "R").status_code in (401, 403)
+
+
+def test_the_wallet_shows_escrow_usage_debt_and_what_each_movement_meant(buyer):
+    provider_user, _ = factories.market(nodes=1)
+    client = client_for(buyer)
+    job = factories.submit(buyer)
+    scheduler_services.cycle_run()
+    lease = Lease.objects.select_related("job", "pool__site").get(job=job)
+    assert top_up(client, str(lease.estimated_cost + Decimal("1.00")), "BANK-1").status_code == 201
+    services.hold_for_lease(lease=lease)
+    wallet = client.get(WALLET).data
+    assert Decimal(wallet["available"]) == Decimal("1.00")
+    assert Decimal(wallet["held"]) == lease.estimated_cost
+
+    # Twice the estimate: the hold pays half, the wallet 1.00, the rest is owed.
+    services.usage_record(lease=lease, sequence=1, start=lease.start, end=lease.end, ncu_hours=lease.ncu_hours * 2)
+    charging.charge_pending()
+    wallet = client.get(WALLET).data
+    history = wallet["history"]["results"]
+    assert [item["kind"] for item in history] == ["capture", "hold", "top_up"]
+    capture = history[0]
+    owed = Decimal(wallet["owed"])
+    assert owed > 0 and Decimal(wallet["available"]) == 0 and Decimal(wallet["held"]) == 0
+    # Only the buyer's own accounts: the provider's share and the commission are not shown.
+    assert amounts(capture) == {"held": -lease.estimated_cost, "available": Decimal("-1.00"), "debt": -owed}
+    assert "usage charged" in capture["meaning"].lower()
+    assert "escrow" in history[1]["meaning"]
+
+    assert top_up(client, "100000.00", "BANK-2").status_code == 201
+    wallet = client.get(WALLET).data
+    assert Decimal(wallet["owed"]) == 0
+    assert Decimal(wallet["available"]) == Decimal("100000.00") - owed
+    assert [item["kind"] for item in wallet["history"]["results"][:2]] == ["debt_repayment", "top_up"]
+
+    provider_wallet = client_for(provider_user).get(WALLET).data
+    earned = provider_wallet["history"]["results"][0]
+    assert earned["kind"] == "capture" and list(amounts(earned)) == ["payable"]
+    assert Decimal(provider_wallet["payable"]) == amounts(earned)["payable"] > 0
+
+
+def test_the_history_is_paged_newest_first_and_shows_only_your_organisation(buyer):
+    client = client_for(buyer)
+    for n in range(5):
+        top_up(client, f"{n + 1}.00", f"R{n}")
+    top_up(client_for(factories.buyer()), "999.00", "theirs")
+    page = client.get(WALLET, {"limit": 2, "offset": 1}).data["history"]
+    assert page["count"] == 5 and page["limit"] == 2 and page["offset"] == 1
+    assert [amounts(item)["available"] for item in page["results"]] == [Decimal("4.00"), Decimal("3.00")]
+    bad = client.get(WALLET, {"limit": "many"})
+    assert bad.status_code == 400 and bad.data["field"] == "limit"
+
+
+def test_the_wallet_costs_the_same_queries_however_long_its_history(buyer, django_assert_max_num_queries):
+    client = client_for(buyer)
+    top_up(client, "1.00", "first")
+    with django_assert_max_num_queries(5) as short:
+        client.get(WALLET)
+    queries = len(short)
+    for n in range(30):
+        top_up(client, "1.00", f"more-{n}")
+    with django_assert_max_num_queries(queries):
+        assert len(client.get(WALLET).data["history"]["results"]) == 31

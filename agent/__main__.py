@@ -93,12 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("agent").info("received %s; shutting down", signal.Signals(signum).name)
         agent.request_stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if args.once:
-        agent.run_once()
-    else:
-        agent.run()
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if args.once:
+            agent.run_once()
+        else:
+            agent.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

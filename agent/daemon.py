@@ -297,7 +297,7 @@ class Agent:
         self._known.pop(lease.id, None)
         if utcnow() >= lease.end:
             log.warning("lease %s: its window ended at %s before the workload started", lease.id, lease.end)
-            message = f"the lease time ran out at {format_instant(lease.end)} before the workload could start"
+            message = f"the lease time ran out at {format_instant(lease.end)} before the agent could start the workload"
             self.state.append_completion(lease.id, exit_code=TIME_LIMIT_EXIT_CODE, message=message)
             return
         workload = self._workload(lease)

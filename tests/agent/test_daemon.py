@@ -346,3 +346,17 @@ def _log(agent: Agent, lease_id: int) -> str:
 
 def _state(agent: Agent) -> str:
     return (agent.config.state_dir / "state.json").read_text()
+
+
+def test_a_lease_whose_window_already_ended_is_closed_without_running(platform: FakePlatform, make_agent) -> None:
+    start = datetime.now(UTC) - timedelta(seconds=10)
+    platform.add_lease(91, python("open('ran', 'w').write('yes')"), start=start, seconds=5)
+    agent = make_agent()
+
+    AgentThread(agent, once=True).join()
+
+    [completion] = platform.completions(91)
+    assert completion.body["exit_code"] == TIME_LIMIT_EXIT_CODE
+    assert "lease time ran out" in completion.body["message"]
+    assert not (agent.config.state_dir / "leases" / "91" / "work" / "ran").exists()
+    assert platform.recorded(91) == []

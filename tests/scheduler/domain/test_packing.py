@@ -18,6 +18,7 @@ from scheduler.domain.packing import (
     fragmentation,
     place,
     place_gang,
+    scarcity_weighted,
     stranding,
 )
 
@@ -91,8 +92,9 @@ def within_shape(node: NodeState) -> bool:
     )
 
 
-def objective(node: NodeState, mix: WorkloadMix) -> float:
-    return fragmentation(node, mix) + STRANDING_WEIGHT * stranding(node, mix)
+def objective(node: NodeState, mix: WorkloadMix, weighted: WorkloadMix) -> float:
+    """What the default policy minimises the growth of."""
+    return fragmentation(node, weighted) + STRANDING_WEIGHT * stranding(node, mix)
 
 
 def every_placement(nodes, demand):
@@ -112,10 +114,11 @@ def every_placement(nodes, demand):
 
 
 def growth(nodes, placement, demand, mix) -> float:
+    weighted = scarcity_weighted(mix, [node.shape for node in nodes])
     node = nodes[placement.node]
     after = node.copy()
     after.allocate(placement, demand)
-    return objective(after, mix) - objective(node, mix)
+    return objective(after, mix, weighted) - objective(node, mix, weighted)
 
 
 # -- NodeState: no overbooking ---------------------------------------------------------------------------
@@ -233,7 +236,7 @@ def test_place_gang_returns_count_distinct_fitting_nodes_or_none(nodes, demand, 
 
 @PROPERTY
 @given(nodes=clusters, demand=demands(), mix=mixes())
-def test_default_policy_takes_the_smallest_growth_of_fragmentation_and_stranding(nodes, demand, mix):
+def test_default_policy_takes_the_smallest_growth_of_weighted_fragmentation_and_stranding(nodes, demand, mix):
     placement = place(nodes, demand, mix=mix)
     options = list(every_placement(nodes, demand))
     if not options:
@@ -324,6 +327,26 @@ def test_cpu_hungry_task_goes_where_cpu_is_plentiful_and_a_light_one_where_it_is
     assert place([lean, rich], light, mix=mix).node == 0
     # best fit looks at what is left, not at what the node will lack: it squeezes the lean node
     assert place([lean, rich], hungry, policy="best-fit").node == 0
+
+
+def test_the_only_nodes_a_big_task_fits_are_kept_for_it():
+    large = NodeShape(128000, 786432, 8, "G3")
+    common = NodeShape(96000, 393216, 8, "G2")
+    big = SliceDemand(120000, 737280, accelerators=8)  # only the large node has 120 cores
+    four = SliceDemand(60200, 320512, accelerators=4)  # fits both, and strands memory on the common one
+    one = SliceDemand(12000, 49152, accelerators=1)
+    mix = WorkloadMix(((big, 0.1), (four, 0.1), (one, 0.8)))
+    nodes = [NodeState.empty(large), NodeState.empty(common), NodeState.empty(common)]
+
+    placement = place(nodes, four, mix=mix)
+
+    assert placement.node != 0
+    nodes[placement.node].allocate(placement, four)
+    assert place(nodes, big, mix=mix).node == 0
+    # the big task can use a third of the capacity, so it weighs (3 / 1)^2 = 9 times its share
+    weighted = dict(scarcity_weighted(mix, [n.shape for n in nodes]).demands)
+    assert weighted[big] / weighted[one] == pytest.approx(9 * 0.1 / 0.8)
+    assert weighted[four] / weighted[one] == pytest.approx(0.1 / 0.8)
 
 
 def test_cpu_only_task_stays_off_accelerator_nodes_that_need_their_cpu():

@@ -39,7 +39,11 @@ from scheduler.models import HOLDING_LEASE_STATES, Job, Lease
 from scheduler.tasks import run_scheduling_cycle
 from tests import factories
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
 
 JOBS = 2000
 DEADLINE = 90  # seconds for any one thing to happen

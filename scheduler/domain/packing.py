@@ -266,9 +266,9 @@ def stranding(node: NodeState, mix: WorkloadMix) -> float:
     """Free accelerator thousandths the node's free CPU or memory could not feed.
 
     Measured at the mix's average CPU and memory per accelerator thousandth
-    (over the demands that use accelerators): a node whose free CPU is below
-    that ratio times its free accelerator share will strand the difference
-    however the future tasks are packed. 0 when the mix asks for no accelerators.
+    (over the demands that use accelerators): when a node's free CPU is below
+    that ratio times its free accelerator share, average tasks would leave the
+    difference unused. 0 when the mix asks for no accelerators.
     """
     cpu_per_milli, memory_per_milli = _average_ratios(mix)
     if cpu_per_milli is None:
@@ -482,7 +482,10 @@ def _policy_table(
 
 
 class Cluster:
-    """Nodes indexed for fast placement. Change them only through ``allocate`` and ``release``."""
+    """Nodes indexed for fast placement. Change them only through ``allocate`` and ``release``.
+
+    Not safe to share between threads; each scheduler worker builds its own from the nodes it read.
+    """
 
     def __init__(self, nodes: Sequence[NodeState]) -> None:
         self.nodes = list(nodes)

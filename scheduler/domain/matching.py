@@ -468,7 +468,15 @@ class _PoolState:
         return None if placed is None else (placed, nodes)
 
     def earliest(
-        self, demand: SliceDemand, count: int, ready: int, duration: int, limit: int, *, policy: str, mix
+        self,
+        demand: SliceDemand,
+        count: int,
+        ready: int,
+        duration: int,
+        limit: int,
+        *,
+        policy: str,
+        mix: WorkloadMix | None,
     ) -> tuple[int, tuple[Placement, ...], list[NodeState]] | None:
         """The earliest start >= ready (ending by ``limit``) at which the gang fits, with its placement."""
         ends = {c.end for held in self.commitments for c in held if c.end > ready}
@@ -906,6 +914,8 @@ class _Market:
         state = self.state(facts)
         units = _ZERO
         for allocation in lease.allocations:
+            if not 0 <= allocation.placement.node < len(state.base):
+                continue  # a node no longer offered: nothing the cycle could give
             commitment = _Commitment(
                 start,
                 end,
@@ -1169,7 +1179,7 @@ class _Market:
             allocations=allocations,
             unit_price=pool.unit_price,
             ncu=ncu,
-            ncu_hours=ncu_hours(ncu, (option.end - option.start) // 1_000_000),
+            ncu_hours=ncu_hours(ncu, Decimal(option.end - option.start) / 1_000_000),
             estimated_cost=to_fen(option.cost),
             energy_kwh=option.energy_kwh,
             carbon_kg=option.carbon_kg,
@@ -1180,6 +1190,8 @@ class _Market:
     # -- explanations -------------------------------------------------------------------------------------------------
 
     def explain(self, job: JobSpec, ready: datetime, *, occupancy: bool, note: str = "") -> Explanation:
+        """Counts per reason. With ``occupancy`` it is asked after :meth:`best` found nothing, so every
+        pool that passes the static checks and is open is counted as having no free capacity."""
         part = self.partitions.get(job.stack)
         counts: dict[Reason, int] = {}
         if self.total - (part.n if part else 0):

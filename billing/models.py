@@ -8,6 +8,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Round
 
 from marketplace.models import Organisation
 
@@ -186,15 +187,21 @@ class Charge(models.Model):
     class Meta:
         ordering = ("id",)
         constraints = [
+            # Sums are rounded to the fen in the check: SQLite keeps decimals as
+            # binary floats, where 9.88 + 113.57 is not 123.45.
             models.CheckConstraint(
-                condition=Q(gross=models.F("commission") + models.F("provider_share")), name="charge_split_exact"
+                condition=Q(gross=Round(models.F("commission") + models.F("provider_share"), 2)),
+                name="charge_split_exact",
             ),
             models.CheckConstraint(
                 condition=Q(
-                    gross=models.F("from_hold")
-                    + models.F("from_available")
-                    + models.F("owed")
-                    + models.F("voucher_funded")
+                    gross=Round(
+                        models.F("from_hold")
+                        + models.F("from_available")
+                        + models.F("owed")
+                        + models.F("voucher_funded"),
+                        2,
+                    )
                 ),
                 name="charge_funded_exactly",
             ),

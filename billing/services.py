@@ -55,12 +55,29 @@ def account_code(organisation_id: int, kind: str) -> str:
     return f"org:{organisation_id}:{kind}"
 
 
+# Voucher programme accounts (see vouchers.domain.movements): "programme:<id>:budget",
+# "programme:<id>:lapsed" and "voucher:<id>", owned by no organisation.
+PROGRAMME_KINDS = {"budget": AccountKind.PROGRAMME_BUDGET, "lapsed": AccountKind.PROGRAMME_LAPSED}
+
+
+def _voucher_account_kind(code: str) -> str | None:
+    """The kind of a voucher programme account code, or None if it is not one."""
+    parts = code.split(":")
+    if len(parts) == 2 and parts[0] == "voucher" and parts[1].isdigit():
+        return AccountKind.VOUCHER
+    if len(parts) == 3 and parts[0] == "programme" and parts[1].isdigit() and parts[2] in PROGRAMME_KINDS:
+        return PROGRAMME_KINDS[parts[2]]
+    return None
+
+
 def _account_rows(codes: set[str]) -> dict[str, Account]:
     """The accounts named by ``codes``, created on first use."""
     found = {a.code: a for a in Account.objects.filter(code__in=codes)}
     for code in codes - set(found):
         if code in PLATFORM_KINDS:
             kind, org_id = PLATFORM_KINDS[code], None
+        elif voucher_kind := _voucher_account_kind(code):
+            kind, org_id = voucher_kind, None
         else:
             prefix, org, kind = code.split(":")
             if prefix != "org" or kind not in AccountKind.values:
@@ -291,13 +308,32 @@ def _month_start(moment: datetime) -> datetime:
     return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+def _voucher_plan(*, lease: Any, sample: UsageSample, gross: Decimal) -> Any:
+    """The share of a charge the buyer's compute vouchers pay, if the job chose
+    vouchers (see vouchers.redemption): the vouchers stay locked until the
+    charge's transaction ends."""
+    from vouchers.redemption import charge_plan
+
+    return charge_plan(lease=lease, sample=sample, gross=gross)
+
+
+def _voucher_plan_record(*, charge: Charge, plan: Any) -> None:
+    from vouchers.redemption import charge_plan_record
+
+    charge_plan_record(charge=charge, plan=plan)
+
+
 def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
     """Charge one usage sample exactly once at the lease's locked price.
 
-    Funding rule (documented in README): the hold pays first; what the hold
-    cannot cover comes from the buyer's available balance; what neither
-    covers is recorded as debt on the buyer's debt account and the lease is
-    reported for suspension (``ChargeOutcome.suspended``)."""
+    Funding rule (documented in README): if the job chose vouchers, the
+    buyer's applicable vouchers pay their share first (``voucher_funded``,
+    decided by vouchers.domain.subsidy); of the buyer's share, the hold pays
+    first; what the hold cannot cover comes from the buyer's available
+    balance; what neither covers is recorded as debt on the buyer's debt
+    account and the lease is reported for suspension
+    (``ChargeOutcome.suspended``). The provider share and the commission are
+    those of the whole charge, however it is funded."""
     from scheduler.models import Lease
 
     with transaction.atomic():
@@ -321,9 +357,11 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
         UsageSample.objects.filter(pk=sample.pk).update(charged=True)
         if result.gross <= 0:
             return ChargeOutcome(charge=None)
+        vouchers = _voucher_plan(lease=lease, sample=sample, gross=result.gross)
+        buyer_share = result.gross - vouchers.total
         hold = Hold.objects.select_for_update().filter(lease_id=lease.pk).first()
-        from_hold = min(result.gross, hold.remaining) if hold and hold.status == HoldStatus.OPEN else Decimal("0.00")
-        rest = result.gross - from_hold
+        from_hold = min(buyer_share, hold.remaining) if hold and hold.status == HoldStatus.OPEN else Decimal("0.00")
+        rest = buyer_share - from_hold
         available_code = account_code(buyer_id, AccountKind.BUYER_AVAILABLE)
         from_available = Decimal("0.00")
         if rest > 0:
@@ -331,6 +369,7 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
             from_available = min(rest, row.balance) if row else Decimal("0.00")
         owed = rest - from_available
         sources = (
+            *vouchers.sources,
             (account_code(buyer_id, AccountKind.BUYER_HELD), from_hold),
             (available_code, from_available),
             (account_code(buyer_id, AccountKind.BUYER_DEBT), owed),
@@ -361,6 +400,8 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
             from_hold=from_hold,
             from_available=from_available,
             owed=owed,
+            voucher_funded=vouchers.total,
             transaction=tx,
         )
+        _voucher_plan_record(charge=charge, plan=vouchers)
     return ChargeOutcome(charge=charge, suspended=owed > 0)

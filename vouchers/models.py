@@ -11,6 +11,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Round
 
 from billing.models import Account, Charge
 from marketplace.models import Organisation, Site
@@ -329,3 +330,39 @@ class ChargeSubsidy(models.Model):
 
     def __str__(self) -> str:
         return f"{self.amount} of charge {self.charge_id} from voucher {self.voucher_id}"
+
+
+class ChargeRefund(models.Model):
+    """A refund or correction of part of a charge: the provider and the
+    platform give back their shares; each voucher's share returns to the
+    voucher (or its programme), only the buyer's own share to the buyer."""
+
+    charge = models.ForeignKey(Charge, on_delete=models.PROTECT, related_name="refunds")
+    reference = models.CharField(max_length=100, help_text="The correction's reference: a retry returns this row")
+    amount = models.DecimalField(**MONEY)
+    provider_share = models.DecimalField(**MONEY)
+    commission = models.DecimalField(**MONEY)
+    to_vouchers = models.DecimalField(**MONEY)
+    to_buyer = models.DecimalField(**MONEY)
+    reason = models.TextField()
+    transaction = models.OneToOneField("billing.LedgerTransaction", on_delete=models.PROTECT, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("id",)
+        constraints = [
+            models.UniqueConstraint(fields=["charge", "reference"], name="one_refund_per_reference"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="refund_positive"),
+            models.CheckConstraint(
+                condition=Q(amount=Round(F("provider_share") + F("commission"), 2)), name="refund_split_exact"
+            ),
+            models.CheckConstraint(
+                condition=Q(amount=Round(F("to_vouchers") + F("to_buyer"), 2)), name="refund_returned_exactly"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Refund of {self.amount} on charge {self.charge_id}"

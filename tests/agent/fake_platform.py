@@ -234,8 +234,8 @@ class FakePlatform:
             return refuse("ncu_hours", "refused by the test")
         if sequence in lease.usage:
             return 200, {"sequence": sequence, "duplicate": True}
-        if lease.status not in ("running", "suspended"):
-            return 409, {"code": "illegal_transition", "detail": "not running", "field": None, "current": lease.status}
+        if lease.status == "scheduled":  # as the platform: usage counts once acknowledged, even after a stop
+            return refuse("lease", "the lease has not started: acknowledge it first")
         energy = body.get("energy_kwh")
         message = (
             f"{lease.id}|{sequence}|{body.get('start')}|{body.get('end')}|{body.get('device_seconds')}|"

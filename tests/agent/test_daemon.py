@@ -162,13 +162,17 @@ def test_stop_from_the_heartbeat_terminates_without_completing(platform: FakePla
     pid = agent._running[31].workload.pid
 
     platform.set_status(31, "cancelled")
+    cancelled_at = datetime.now(UTC)
     wait_for(lambda: not alive(pid), what="the workload to stop")
     wait_for(lambda: 31 not in agent.running_leases, what="the agent to let go of the lease")
+    wait_for(lambda: not getattr(agent.state.get(31), "outbox", None), what="the last usage to be delivered")
     runner.stop()
 
     assert platform.calls_to("complete", 31) == []
     assert lease.status == "cancelled"
-    assert platform.recorded(31)  # usage up to the stop is reported while the lease ran
+    samples = platform.recorded(31)
+    assert_contiguous_and_within_capacity(samples, lease.ncu)
+    assert datetime.fromisoformat(samples[-1]["end"]) > cancelled_at  # usage is reported up to the stop
 
 
 def test_an_outage_loses_no_sample_and_duplicates_none(platform: FakePlatform, make_agent) -> None:

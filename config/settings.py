@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "scheduler",
     "billing",
     "vouchers",
+    "console",
 ]
 
 MIDDLEWARE = [

@@ -16,4 +16,5 @@ urlpatterns = [
     path("api/v1/", include("scheduler.api.urls")),
     path("api/v1/", include("vouchers.api.urls")),
     path("api/v1/", include("core.urls")),
+    path("", include("console.urls")),
 ]

@@ -273,3 +273,20 @@ def test_a_hold_whose_captured_part_is_not_what_its_charges_drew(books):
     )
     found = breaches()
     assert f"Hold {hold.pk} (lease {books.lease.pk}) shows {hold.captured - Decimal('0.01')} captured" in found
+
+
+def test_a_voucher_funded_charge_is_sound_and_its_voucher_leg_is_checked(operator):
+    from tests.vouchers import helpers
+
+    factories.market(nodes=1)
+    buyer = factories.buyer()
+    helpers.voucher(buyer, helpers.programme(operator), operator)
+    charge = helpers.charge(helpers.lease_for(buyer), "10.00")
+    assert charge.voucher_funded > 0
+    assert checks.ledger_breaches() == []
+    Charge.objects.filter(pk=charge.pk).update(
+        voucher_funded=F("voucher_funded") + Decimal("0.01"), from_hold=F("from_hold") - Decimal("0.01")
+    )
+    found = breaches()
+    assert f"Charge {charge.pk} does not match its transaction" in found
+    assert f"out of vouchers {charge.voucher_funded} but the charge's voucher_funded is" in found

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -146,7 +146,6 @@ class Running:
     pending_progress: Progress | None = None
     stop_reason: str | None = None  # "time", "stopped" (by the platform) or "shutdown" (of the agent)
     kill_at: float | None = None  # monotonic: SIGKILL if still running then
-    heartbeats: int = field(default=0)
 
 
 class Agent:
@@ -413,7 +412,6 @@ class Agent:
             self._network_failed(error)
             return
         self._network_ok()
-        running.heartbeats += 1
         if answer.get("stop"):
             log.warning("lease %s: the platform says stop (status %s)", lease_id, answer.get("status"))
             self._terminate(running, "stopped")

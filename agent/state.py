@@ -137,6 +137,7 @@ class StateStore:
         record = self.lease(lease_id)
         record.outbox.append({"kind": "complete", "exit_code": exit_code, "message": message})
         record.phase = Phase.FINISHED
+        record.pid = None
         self.save()
 
     def pop_outbox(self, lease_id: int) -> None:

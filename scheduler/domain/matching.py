@@ -713,12 +713,12 @@ class _Partition:
         counts = [0] * width
         largest = cpu = memory = 0
         for node in nodes:
-            whole = 0
-            for free in node.free_milli:
-                if free == 1000:
-                    whole += 1
-                largest = max(largest, free)
-            counts[min(whole, width - 1)] += 1
+            free = node.free_milli
+            if free:
+                counts[min(free.count(1000), width - 1)] += 1
+                largest = max(largest, max(free))
+            else:
+                counts[0] += 1
             cpu = max(cpu, node.free_cpu_milli)
             memory = max(memory, node.free_memory_mib)
         running = 0
@@ -1367,6 +1367,8 @@ def schedule_cycle(
 ) -> CycleResult:
     """One scheduling cycle over the queued ``jobs`` (see the module doc)."""
     config = config or MatchingConfig()
+    if len({job.job_id for job in jobs}) != len(jobs):
+        raise ValueError("a job is queued twice")
     market = _Market(pools, now=now, config=config, leases=leases, jobs=jobs)
     queue = FairShareQueue(jobs, now=now, capacity=market.class_capacity, usage=market.usage, config=config)
     assignments: list[Assignment] = []

@@ -69,8 +69,10 @@ class FairShareQueue:
             org: {cls: float(v) for cls, v in held.items()} for org, held in (usage or {}).items()
         }
         by_org: dict[str, list[tuple[tuple[float, datetime, str], JobSpec]]] = {}
+        self._age: dict[str, float] = {}
         for job in jobs:
-            key = (-effective_priority(job, now, self.config), job.submitted_at, job.job_id)
+            age = self._age[job.job_id] = age_factor(job, now, self.config)
+            key = (-(job.priority + age * self.config.ageing_priority_points), job.submitted_at, job.job_id)
             by_org.setdefault(job.org_id, []).append((key, job))
         self._jobs = {org: [job for _, job in sorted(entries, key=lambda e: e[0])] for org, entries in by_org.items()}
         self._next = dict.fromkeys(self._jobs, 0)
@@ -98,9 +100,10 @@ class FairShareQueue:
         if jobs is None or self._next[org_id] >= len(jobs):
             return
         head = jobs[self._next[org_id]]
-        age = age_factor(head, self.now, self.config)
+        age = self._age[head.job_id]
         share = self.dominant_share(org_id) * (1.0 - age * self.config.ageing_share_discount)
-        key = (share, -effective_priority(head, self.now, self.config), head.submitted_at, head.job_id, org_id)
+        priority = head.priority + age * self.config.ageing_priority_points
+        key = (share, -priority, head.submitted_at, head.job_id, org_id)
         self._version[org_id] += 1
         heapq.heappush(self._heap, (key, self._version[org_id], org_id))
 

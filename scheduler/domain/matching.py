@@ -362,7 +362,17 @@ class _Commitment:
 class _PoolState:
     """The nodes of one pool: free capacity outside the market, and the market's commitments on each node."""
 
-    __slots__ = ("_cluster", "base", "commitments", "facts", "future_start", "interruptible", "now", "pristine")
+    __slots__ = (
+        "_cluster",
+        "_now",
+        "base",
+        "commitments",
+        "facts",
+        "future_start",
+        "interruptible",
+        "now",
+        "pristine",
+    )
 
     def __init__(self, facts: PoolFacts, now: int) -> None:
         self.facts = facts
@@ -376,6 +386,7 @@ class _PoolState:
         self.commitments: list[list[_Commitment]] = [[] for _ in self.base]
         self.future_start = _NEVER  # earliest start of a commitment that starts after now
         self._cluster: Cluster | None = None
+        self._now: list[NodeState] | None = None  # free capacity now (the cluster's nodes, once it exists)
         self.pristine = given is None  # every node whole and nothing committed
         self.interruptible = 0  # interruptible lease commitments held (candidates for preemption)
 
@@ -390,6 +401,8 @@ class _PoolState:
             self.future_start = min(self.future_start, commitment.start)
         elif self._cluster is not None:
             self._cluster.allocate(commitment.placement, commitment.demand)
+        elif self._now is not None:
+            self._now[node].allocate(commitment.placement, commitment.demand)
 
     def remove_leases(self, lease_ids: set[str]) -> list[_Commitment]:
         removed = []
@@ -402,6 +415,7 @@ class _PoolState:
             (c.start for held in self.commitments for c in held if c.start > self.now), default=_NEVER
         )
         self._cluster = None
+        self._now = None
         return removed
 
     def state_between(self, node: int, start: int, end: int, exclude: frozenset[str] = frozenset()) -> NodeState:
@@ -433,13 +447,16 @@ class _PoolState:
         )
 
     def cluster(self) -> Cluster:
-        """The nodes' free capacity now, indexed by the packing module."""
+        """The nodes' free capacity now, indexed by the packing module (built when first needed)."""
         if self._cluster is None:
-            self._cluster = Cluster([self.state_between(i, self.now, self.now + 1) for i in range(len(self.base))])
+            self._cluster = Cluster(self.now_nodes())
+            self._now = self._cluster.nodes
         return self._cluster
 
     def now_nodes(self) -> list[NodeState]:
-        return self.cluster().nodes
+        if self._now is None:
+            self._now = [self.state_between(i, self.now, self.now + 1) for i in range(len(self.base))]
+        return self._now
 
     def place(
         self,
@@ -467,6 +484,24 @@ class _PoolState:
         placed = place_gang(nodes, demand, count, policy=policy, mix=mix)
         return None if placed is None else (placed, nodes)
 
+    def feasible(
+        self, demand: SliceDemand, count: int, start: int, end: int, exclude: frozenset[str] = frozenset()
+    ) -> bool:
+        """Whether ``count`` distinct nodes could each hold the demand over [start, end) (what a gang needs)."""
+        if self.pristine:
+            return count <= len(self.base) and self.base[0].fits(demand)
+        if start == self.now and end <= self.future_start and not exclude:
+            nodes: Iterable[NodeState] = self.now_nodes()
+        else:
+            nodes = (self.state_between(i, start, end, exclude) for i in range(len(self.base)))
+        fitting = 0
+        for node in nodes:
+            if node.fits(demand):
+                fitting += 1
+                if fitting >= count:
+                    return True
+        return False
+
     def earliest(
         self,
         demand: SliceDemand,
@@ -483,6 +518,8 @@ class _PoolState:
         for start in sorted({ready} | ends):
             if start + duration > limit:
                 break
+            if not self.feasible(demand, count, start, start + duration):
+                continue
             placed = self.place(demand, count, start, start + duration, policy=policy, mix=mix)
             if placed is not None:
                 return start, placed[0], placed[1]
@@ -1263,54 +1300,56 @@ class _Market:
         return Reservation(job.job_id, chosen.facts.pool.pool_id, _at(chosen.start), _at(chosen.end), allocations)
 
     def preempt(self, job: JobSpec) -> tuple[_Option, list[str]] | None:
-        """The pool and the fewest interruptible leases to end so that the job fits now."""
+        """The pool and the fewest interruptible leases to end so that the job fits now.
+
+        The search counts nodes that would fit (a gang fits iff enough nodes do), and asks the packer
+        only for the chosen pool."""
         part, order = self.static_order(job, self.now_dt)
         if part is None:
             return None
         start, end = self.now, self.now + job.duration // _US
-        best: tuple[tuple, _Option, list[str]] | None = None
+        best: tuple[tuple[int, int, int, int], PoolFacts, list[str]] | None = None
         tried = 0
         for rank, j in enumerate(order.tolist()):
             if tried >= self.config.preemption_pool_limit:
                 break
             facts = part.facts[j]
             state = self.states.get(facts.pool.pool_id)
-            if state is None:
+            if state is None or facts.pool.window_start > self.now_dt:
                 continue
             leases = state.interruptible_leases(start, end)
             if not leases:
                 continue
             tried += 1
-            if self.option(job, facts, self.now_dt, start, exclude=frozenset(leases)) is None:
+            resolved = resolve(job, facts)
+            if not isinstance(resolved, Resolved):
+                continue
+            demand, count = resolved.demand, resolved.nodes
+            if not state.feasible(demand, count, start, end, frozenset(leases)):
                 continue  # even with every interruptible lease gone the job does not fit here
             victims = sorted(leases, key=lambda lid: (-leases[lid][0].start, _commitment_units(leases[lid]), lid))
             removed: list[str] = []
-            option = None
             for lease_id in victims:
                 removed.append(lease_id)
-                option = self.option(job, facts, self.now_dt, start, exclude=frozenset(removed))
-                if option is not None:
+                if state.feasible(demand, count, start, end, frozenset(removed)):
                     break
-            if option is None:
-                continue
             for lease_id in list(reversed(removed[:-1])):  # keep every lease the job does not need gone
                 trial = [lid for lid in removed if lid != lease_id]
-                kept = self.option(job, facts, self.now_dt, start, exclude=frozenset(trial))
-                if kept is not None:
-                    removed, option = trial, kept
+                if state.feasible(demand, count, start, end, frozenset(trial)):
+                    removed = trial
             units = sum(_commitment_units(leases[lid]) for lid in removed)
             lost = sum((self.now - leases[lid][0].start) * _commitment_units(leases[lid]) for lid in removed)
             score = (len(removed), lost, units, rank)
             if best is None or score < best[0]:
-                best = (score, option, removed)
+                best = (score, facts, removed)
         if best is None:
             return None
-        _, option, removed = best
-        state = self.state(option.facts)
-        state.remove_leases(set(removed))
-        fresh = self.option(job, option.facts, self.now_dt, start)
-        assert fresh is not None  # noqa: S101 - it fitted with exactly these leases gone
-        return fresh, removed
+        _, facts, removed = best
+        if self.option(job, facts, self.now_dt, start, exclude=frozenset(removed)) is None:
+            return None  # the packer disagrees with the node count: leave the leases alone
+        self.state(facts).remove_leases(set(removed))
+        fresh = self.option(job, facts, self.now_dt, start)
+        return (fresh, removed) if fresh is not None else None
 
 
 def _allocation_units(facts: PoolFacts, allocation: NodeAllocation) -> Decimal:

@@ -32,7 +32,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing.domain import pricing
-from billing.domain.money import Money
+from billing.domain.money import Money, to_fen
 from billing.models import AccountKind, Charge
 from billing.services import ADJUSTMENTS, PLATFORM_COMMISSION, InsufficientFunds, account_code, balance, post
 from core.audit import audit_record
@@ -162,7 +162,8 @@ def charge_refund(*, charge: Charge, amount: Decimal, reason: str, reference: st
             .order_by("id")
         }
         subsidies = list(ChargeSubsidy.objects.select_for_update().filter(charge=locked).order_by("id"))
-        buyer_refunded = ChargeRefund.objects.filter(charge=locked).aggregate(total=Sum("to_buyer"))["total"] or ZERO
+        refunded = ChargeRefund.objects.filter(charge=locked).aggregate(total=Sum("to_buyer"))["total"]
+        buyer_refunded = to_fen(refunded or ZERO)
         try:
             split = subsidy.refund_split(
                 amount=amount,

@@ -13,6 +13,7 @@ from typing import Any
 from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
+from billing.domain.money import to_fen
 from billing.domain.pricing import CST
 from billing.models import Account, Posting
 from billing.services import account_code
@@ -119,7 +120,7 @@ def granted_this_year(*, organisation_id: int, programme_id: int, at: datetime) 
     total = Voucher.objects.filter(
         holder_id=organisation_id, programme_id=programme_id, issued_at__gte=start, issued_at__lt=end
     ).aggregate(total=Sum("amount"))["total"]
-    return total or ZERO
+    return to_fen(total or ZERO)
 
 
 def granted_this_year_by_programme(*, organisation_id: int, at: datetime) -> dict[int, Decimal]:
@@ -129,7 +130,7 @@ def granted_this_year_by_programme(*, organisation_id: int, at: datetime) -> dic
         .values("programme_id")
         .annotate(total=Sum("amount"))
     )
-    return {row["programme_id"]: row["total"] for row in rows}
+    return {row["programme_id"]: to_fen(row["total"]) for row in rows}
 
 
 def redeemed_this_year(*, buyer_id: int, programme_ids: Iterable[int], at: datetime) -> dict[int, Decimal]:
@@ -144,7 +145,7 @@ def redeemed_this_year(*, buyer_id: int, programme_ids: Iterable[int], at: datet
         .values("programme_id")
         .annotate(total=Sum(F("amount") - F("refunded")))
     )
-    return {row["programme_id"]: row["total"] or ZERO for row in rows}
+    return {row["programme_id"]: to_fen(row["total"] or ZERO) for row in rows}
 
 
 # --- applicants and related parties ----------------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def dashboard(*, now: datetime | None = None) -> list[dict[str, Any]]:
                 "programme": programme.pk,
                 "name": programme.name,
                 "statements_pending": s.get("n", 0),
-                "statements_pending_amount": s.get("amount") or ZERO,
+                "statements_pending_amount": to_fen(s.get("amount") or ZERO),
                 "oldest_statement_age_hours": hours(s.get("oldest")),
                 "applications_pending": a.get("n", 0),
                 "oldest_application_age_hours": hours(a.get("oldest")),
@@ -508,9 +509,9 @@ def programme_report(programme: VoucherProgramme) -> dict[str, Any]:
             .annotate(orgs=Count("buyer", distinct=True), total=Sum(F("amount") - F("refunded")))
             .order_by(column)
         )
-        return [{"key": row[column], "organisations": row["orgs"], "amount": row["total"]} for row in rows]
+        return [{"key": row[column], "organisations": row["orgs"], "amount": to_fen(row["total"])} for row in rows]
 
-    return {
+    report = {
         "programme": pid,
         "name": programme.name,
         "authority": programme.authority,
@@ -531,6 +532,7 @@ def programme_report(programme: VoucherProgramme) -> dict[str, Any]:
         "beneficiaries_by_category": breakdown("buyer__category"),
         "beneficiaries_by_hub": breakdown("hub"),
     }
+    return {key: to_fen(value) if isinstance(value, Decimal) else value for key, value in report.items()}
 
 
 def buyer_organisation(user: User) -> Organisation:

@@ -45,6 +45,7 @@ from django.db import transaction
 from django.db.models import Count, Min, Sum
 from django.utils import timezone
 
+from billing.domain.money import to_fen
 from billing.domain.pricing import CST
 from billing.models import AccountKind, LedgerTransaction
 from billing.services import ADJUSTMENTS, account_code, balance, post
@@ -105,7 +106,7 @@ def redemption_close(
             return None  # reviewed already: late redemptions wait for the next period's statement
         waiting.update(statement=statement)
         totals = ChargeSubsidy.objects.filter(statement=statement).aggregate(amount=Sum("amount"), lines=Count("id"))
-        amount = totals["amount"] or ZERO
+        amount = to_fen(totals["amount"] or ZERO)
         RedemptionStatement.objects.filter(pk=statement.pk).update(lines=totals["lines"], amount=amount)
         audit_record(
             actor=actor,

@@ -58,7 +58,7 @@ def voucher_balance(voucher_: Voucher) -> Decimal:
     return billing.balance(f"voucher:{voucher_.pk}")
 
 
-def lease_for(buyer: Any, *, use_vouchers: bool = True, top_up: str = "100000.00", hold: bool = True, **job) -> Lease:
+def lease_for(buyer: Any, *, use_vouchers: bool = True, top_up: str = "100000.00", **job) -> Lease:
     """A scheduled lease of a new job of ``buyer`` (on whatever pool the market has), its hold taken."""
     billing.wallet_top_up(
         organisation=buyer.organisation, amount=Decimal(top_up), reference=f"top-up-{next(_names)}", actor=buyer
@@ -68,8 +68,7 @@ def lease_for(buyer: Any, *, use_vouchers: bool = True, top_up: str = "100000.00
         services.job_voucher_choose(job=submitted, enabled=True, actor=buyer)
     scheduler_services.cycle_run()
     lease = Lease.objects.select_related("job", "pool__site").get(job=submitted)
-    if hold:
-        billing.hold_for_lease(lease=lease)
+    billing.hold_for_lease(lease=lease)  # unless the scheduling cycle took it already
     return lease
 
 

@@ -151,10 +151,14 @@ def test_the_per_charge_cap_binds(market, operator):
 
 def test_a_buyer_short_of_money_owes_only_its_own_share(market, operator):
     buyer = factories.buyer()
-    helpers.voucher(buyer, helpers.programme(operator, ratio_rules=[{"ratio": "0.50"}]), operator)
-    lease = helpers.lease_for(buyer, top_up="200.00", hold=False)
-    outcome = billing.charge_sample(sample_id=helpers.usage(lease, "1000.00").pk, commission_rate=helpers.RATE)
+    programme = helpers.programme(operator, ratio_rules=[{"ratio": "0.50"}], budget="10000000.00")
+    helpers.voucher(buyer, programme, operator, amount="5000000.00")
+    lease = helpers.lease_for(buyer, top_up="100.00")
+    money = available(buyer.organisation) + billing.balance(billing.account_code(buyer.organisation_id, "held"))
+    outcome = billing.charge_sample(sample_id=helpers.usage(lease, "8000000.00").pk, commission_rate=helpers.RATE)
     charge = outcome.charge
-    assert (charge.voucher_funded, charge.from_available, charge.owed) == (D("500.00"), D("200.00"), D("300.00"))
+    assert charge.voucher_funded == D("4000000.00")
+    assert charge.from_hold + charge.from_available == money, "all the buyer's money"
+    assert charge.owed == D("4000000.00") - money, "the rest of the buyer's share, not of the charge"
     assert outcome.suspended, "the buyer's unpaid share suspends the lease as before"
     assert available(buyer.organisation) == 0

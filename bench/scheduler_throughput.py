@@ -41,6 +41,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import queue
 import random
 import sys
 import time
@@ -549,7 +550,15 @@ def run_ours(url: str, *, workers: int, limit: int, split: str) -> RunResult:
     ready.wait()
     started = time.perf_counter()
     go.set()
-    out = [results.get() for _ in procs]
+    out = []
+    while len(out) < len(procs):
+        try:
+            out.append(results.get(timeout=1.0))
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise RuntimeError("a scheduling worker died (its traceback is above)") from None
     seconds = time.perf_counter() - started
     for p in procs:
         p.join()

@@ -280,6 +280,7 @@ class JobSpec:
         if unknown:
             raise JobSpecError(f"unknown hubs: {', '.join(unknown)}.", field="allowed_hubs")
         if self.max_latency_ms is not None:
+            set_(self, "max_latency_ms", float(self.max_latency_ms))
             if self.max_latency_ms <= 0:
                 raise JobSpecError("the latency limit must be positive.", field="max_latency_ms")
             if self.buyer_city not in CITIES:

@@ -1,22 +1,25 @@
-from django.contrib import admin
-from django.http import HttpRequest
+"""The audit trail and notices in the operator console: read-only, nothing
+here adds, edits or deletes an entry."""
 
-from core.models import AuditEntry
+from django.contrib import admin
+
+from console.admin_support import OperatorAdmin, readonly_fields_of
+from core.models import AuditEntry, Notice
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
-    """The audit trail is read-only: nothing here adds, edits or deletes an entry."""
-
-    list_display = ("at", "actor_label", "action", "entity_type", "entity_id", "from_state", "to_state")
+class AuditEntryAdmin(OperatorAdmin):
+    list_display = ("at", "actor_label", "action", "entity_type", "entity_id", "from_state", "to_state", "reason")
     list_filter = ("action", "entity_type")
-    search_fields = ("entity_id", "actor_label", "reason")
+    search_fields = ("entity_id", "actor_label", "reason", "action")
+    date_hierarchy = "at"
+    readonly_fields = readonly_fields_of(AuditEntry)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
+@admin.register(Notice)
+class NoticeAdmin(OperatorAdmin):
+    list_display = ("created_at", "organisation", "kind", "title", "read_at")
+    list_filter = ("kind",)
+    search_fields = ("title", "message", "organisation__name")
+    list_select_related = ("organisation",)
+    readonly_fields = readonly_fields_of(Notice)

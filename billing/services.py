@@ -223,6 +223,74 @@ def hold_for_lease(*, lease: Any) -> Hold:
         return Hold.objects.create(lease_id=lease.pk, buyer_id=buyer_id, amount=amount)
 
 
+def available_for_update(buyer_ids: set[int]) -> dict[int, Decimal]:
+    """Lock the buyers' available accounts (in one order) and return their balances."""
+    codes = {account_code(b, AccountKind.BUYER_AVAILABLE): b for b in buyer_ids}
+    rows = Account.objects.select_for_update().filter(code__in=codes).order_by("code")
+    balances = {b: Decimal("0.00") for b in buyer_ids}
+    for account in rows:
+        balances[codes[account.code]] = account.balance
+    return balances
+
+
+def holds_for_new_leases(leases: list[Any]) -> None:
+    """Escrow for many new leases at once (a scheduling cycle): per lease one
+    idempotent ledger transaction "hold:lease:<id>" moving its estimated cost
+    from the buyer's available to held account, and a Hold row; account
+    balances move with one UPDATE per account. The caller has locked the
+    available accounts (available_for_update) and checked they cover it."""
+    wanted = [(lease, to_fen(lease.estimated_cost)) for lease in leases]
+    drafts = []
+    for lease, amount in wanted:
+        if amount <= 0:
+            continue
+        buyer = lease.job.buyer_id
+        drafts.append(
+            (
+                lease,
+                ledger.hold(
+                    available=account_code(buyer, AccountKind.BUYER_AVAILABLE),
+                    held=account_code(buyer, AccountKind.BUYER_HELD),
+                    amount=amount,
+                    reference=f"lease:{lease.pk}",
+                ),
+            )
+        )
+    if drafts:
+        accounts = _account_rows({p.account for _, d in drafts for p in d.postings})
+        rows = LedgerTransaction.objects.bulk_create(
+            [
+                LedgerTransaction(
+                    key=d.key, kind=str(d.kind), memo=d.memo[:500], fingerprint=d.fingerprint, data={"lease": lease.pk}
+                )
+                for lease, d in drafts
+            ],
+            batch_size=1000,
+        )
+        Posting.objects.bulk_create(
+            [
+                Posting(transaction=row, account=accounts[p.account], amount=p.amount)
+                for row, (_lease, d) in zip(rows, drafts, strict=True)
+                for p in d.postings
+            ],
+            batch_size=2000,
+        )
+        moves: dict[str, Decimal] = {}
+        for _lease, d in drafts:
+            for p in d.postings:
+                moves[p.account] = moves.get(p.account, Decimal(0)) + p.amount
+        for code in sorted(moves):
+            try:
+                with transaction.atomic():
+                    Account.objects.filter(pk=accounts[code].pk).update(balance=F("balance") + moves[code])
+            except IntegrityError:
+                raise InsufficientFunds(f"{code} cannot cover the holds of this cycle", field="amount") from None
+    Hold.objects.bulk_create(
+        [Hold(lease_id=lease.pk, buyer_id=lease.job.buyer_id, amount=amount) for lease, amount in wanted],
+        batch_size=1000,
+    )
+
+
 def hold_close(*, lease: Any, actor: User | None = None) -> Hold | None:
     """At the end of a lease: release what usage did not capture (void the
     hold if nothing was captured)."""
@@ -323,6 +391,13 @@ def _voucher_plan_record(*, charge: Charge, plan: Any) -> None:
     charge_plan_record(charge=charge, plan=plan)
 
 
+def _volume_tiers(lease: Any) -> tuple[pricing.VolumeTier, ...]:
+    """The offer's volume tiers, locked with the lease's price (the offer's rules cannot change under a lease)."""
+    from scheduler.selectors import price_rules
+
+    return price_rules(lease.offer).volume_tiers
+
+
 def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
     """Charge one usage sample exactly once at the lease's locked price.
 
@@ -340,7 +415,7 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
         sample = UsageSample.objects.select_for_update().filter(pk=sample_id).first()
         if sample is None or sample.charged:
             return ChargeOutcome(charge=getattr(sample, "charge", None) if sample else None)
-        lease = Lease.objects.select_related("job", "pool__site").get(pk=sample.lease_id)
+        lease = Lease.objects.select_related("job", "pool__site", "offer").get(pk=sample.lease_id)
         buyer_id, provider_id = lease.job.buyer_id, lease.pool.site.provider_id
         month_to_date = Charge.objects.filter(buyer_id=buyer_id, created_at__gte=_month_start(sample.end)).aggregate(
             total=Sum("ncu_hours")
@@ -350,6 +425,8 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
             pricing_type=pricing.PricingType(lease.pricing_type),
             unit_price=lease.unit_price,
             commission_rate=commission_rate,
+            volume_tiers=_volume_tiers(lease),
+            month_to_date_ncu_hours=lease.volume_position,
         )
         result = pricing.charge(
             locked, sample.ncu_hours, month_to_date_ncu_hours=month_to_date, lease_ncu_hours_before=before

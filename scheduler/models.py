@@ -160,6 +160,9 @@ class Lease(models.Model):
     ncu = models.DecimalField(max_digits=16, decimal_places=4, help_text="NCU held")
     ncu_hours = models.DecimalField(max_digits=18, decimal_places=4)
     estimated_cost = models.DecimalField(max_digits=14, decimal_places=2)
+    volume_position = models.DecimalField(
+        max_digits=18, decimal_places=4, default=Decimal(0), help_text="Buyer's NCU-hours this month when priced"
+    )
     energy_kwh = models.DecimalField(max_digits=14, decimal_places=3, default=Decimal(0))
     carbon_kg = models.DecimalField(max_digits=14, decimal_places=3, default=Decimal(0))
     interruptible = models.BooleanField(default=False)

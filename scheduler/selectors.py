@@ -172,6 +172,7 @@ def engine_inputs(
         shape = replace(pool.shape(), node_count=offer.nodes_offered)
         total_ncu = pool_ncu(shape)
         utilisation = min(Decimal(1), held_ncu[offer.pk] / total_ncu) if total_ncu else Decimal(0)
+        offer.utilisation = utilisation  # the quote prices interruptible offers from it
         accelerator = pool.accelerator_model
         pool_offers.append(
             engine.PoolOffer(

@@ -16,7 +16,9 @@ from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
+from billing import services as billing
 from billing.domain import pricing
+from billing.selectors import month_to_date_ncu_hours
 from core.audit import audit_many, audit_record
 from core.errors import Conflict, Forbidden, IllegalTransition, InvalidInput
 from marketplace.models import ResourcePool, Role, User
@@ -144,6 +146,9 @@ def _check_price_rules(rules: dict[str, Any], *, list_price: Decimal, pricing_ty
     probe = Offer(list_price=list_price, pricing_type=pricing_type, price_rules=rules)
     try:
         selectors.price_rules(probe)
+    except InvalidInput as exc:  # the pricing module's own verdict names its inner field
+        inner = f"price_rules.{exc.field}" if exc.field else "price_rules"
+        raise InvalidInput(f"price rules are not valid: {exc.detail}", field=inner) from None
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise InvalidInput(f"price rules are not valid: {exc}", field="price_rules") from None
 
@@ -415,7 +420,8 @@ def cycle_run(
         result = matching.schedule_cycle(specs, pool_offers, leases, now)
         preempted_jobs = _apply_preemptions(result.preemptions, now=now)
         report.preempted = len(preempted_jobs)
-        written = _write_assignments(result.assignments, rows, by_id, now=now)
+        unfunded: dict[str, str] = {}
+        written = _write_assignments(result.assignments, rows, by_id, now=now, unfunded=unfunded)
         report.assigned = len(written)
         report.lease_ids = [lease.pk for lease in written]
         placed = {str(lease.job_id) for lease in written}
@@ -431,7 +437,9 @@ def cycle_run(
         for assignment in result.assignments:
             if assignment.job_id not in placed:
                 job = by_id[assignment.job_id]
-                job.pending_reason = "capacity was taken by another scheduler meanwhile; retrying next cycle"
+                job.pending_reason = unfunded.get(
+                    assignment.job_id, "capacity was taken by another scheduler meanwhile; retrying next cycle"
+                )
                 pending_updates.append(job)
         Job.objects.bulk_update(pending_updates, ["pending_reason", "pending_detail"], batch_size=1000)
         report.pending = len(result.pending) + report.refused_at_commit
@@ -469,9 +477,13 @@ def _write_assignments(
     jobs: dict[str, Job],
     *,
     now: datetime,
+    unfunded: dict[str, str] | None = None,
 ) -> list[Lease]:
     """Lock the offers, re-verify each placement against what is committed
-    now, and write the leases and job transitions that still fit."""
+    now, lock the buyers' wallets and hold each lease's estimated cost, and
+    write the leases and job transitions that still fit and are funded
+    (``unfunded`` collects why the others were not)."""
+    unfunded = {} if unfunded is None else unfunded
     if not assignments:
         return []
     offer_ids = sorted({rows[a.pool_id].pk for a in assignments})
@@ -479,18 +491,30 @@ def _write_assignments(
     committed: dict[int, list[Hold]] = defaultdict(list)
     for lease in selectors.holding_leases(offer_ids, after=now).only("offer_id", "start", "end", "allocations"):
         committed[lease.offer_id].extend(selectors.lease_holds(lease))
+    buyers = {jobs[a.job_id].buyer_id for a in assignments}
+    funds = billing.available_for_update(buyers)
+    volume = {buyer: month_to_date_ncu_hours(buyer, now) for buyer in buyers}
     leases: list[Lease] = []
     for a in assignments:
         offer = rows[a.pool_id]
+        job = jobs[a.job_id]
         if offer.pk not in locked or locked[offer.pk].status != OfferStatus.ACTIVE:
             continue
         holds = [hold_from(al.placement, al.demand, a.start, a.end) for al in a.allocations]
         if not fits(selectors.offer_node_shape(offer), offer.nodes_offered, committed[offer.pk], holds):
             continue
+        cost = price_breakdown(offer, a, month_to_date=volume[job.buyer_id]).subtotal.amount
+        if cost > funds[job.buyer_id]:
+            unfunded[a.job_id] = (
+                f"the wallet's available {funds[job.buyer_id]} CNY cannot cover the {cost} CNY held for this job "
+                f"on {a.pool_identifier}; top up to schedule it"
+            )
+            continue
+        funds[job.buyer_id] -= cost
         committed[offer.pk].extend(holds)
         leases.append(
             Lease(
-                job=jobs[a.job_id],
+                job=job,
                 offer_id=offer.pk,
                 pool_id=offer.pool_id,
                 start=a.start,
@@ -500,7 +524,8 @@ def _write_assignments(
                 unit_price=a.unit_price,
                 ncu=a.ncu,
                 ncu_hours=a.ncu_hours,
-                estimated_cost=a.estimated_cost,
+                estimated_cost=cost,
+                volume_position=volume[job.buyer_id],
                 energy_kwh=a.energy_kwh,
                 carbon_kg=a.carbon_kg,
                 interruptible=a.interruptible,
@@ -509,6 +534,7 @@ def _write_assignments(
     if not leases:
         return []
     Lease.objects.bulk_create(leases, batch_size=1000)
+    billing.holds_for_new_leases(leases)
     job_ids = [lease.job_id for lease in leases]
     moved = Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).update(
         status=JobStatus.SCHEDULED, status_changed_at=now, pending_reason="", pending_detail={}
@@ -550,20 +576,28 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     now = timezone.now()
     pool_offers, leases, rows = selectors.engine_inputs(now=now)
     result = matching.quote(job_spec(job), pool_offers, leases, now=now, limit=limit)
+    month_to_date = month_to_date_ncu_hours(job.buyer_id, now)
     options = []
     for option in result.options:
         offer = rows[option.pool_id]
-        breakdown = pricing.quote(
-            selectors.price_rules(offer),
-            ncu_hours=option.ncu_hours,
-            start=option.start,
-            end=option.end,
-            commission_rate=commission_rate_for(offer),
-            green_share=offer.pool.site.green_share,
-            commitment_hours=offer.min_lease_hours,
-        )
+        breakdown = price_breakdown(offer, option, month_to_date=month_to_date)
         options.append({"assignment": option, "offer": offer, "breakdown": breakdown})
     return {"options": options, "explanation": result.explanation}
+
+
+def price_breakdown(offer: Offer, option: matching.Assignment, *, month_to_date: Decimal) -> pricing.Quote:
+    """The priced breakdown of a placement: what the quote shows and what the lease holds."""
+    return pricing.quote(
+        selectors.price_rules(offer),
+        ncu_hours=option.ncu_hours,
+        start=option.start,
+        end=option.end,
+        commission_rate=commission_rate_for(offer),
+        utilisation=getattr(offer, "utilisation", Decimal(0)),
+        green_share=offer.pool.site.green_share,
+        commitment_hours=offer.min_lease_hours,
+        month_to_date_ncu_hours=month_to_date,
+    )
 
 
 DEFAULT_COMMISSION = Decimal("0.08")

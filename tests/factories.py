@@ -33,8 +33,18 @@ def _register(category: str, *, city: str = "beijing", home_hub: str = "", is_sm
     return user
 
 
-def buyer(*, category: str = "enterprise", city: str = "beijing", is_sme: bool = True) -> User:
-    return _register(category, city=city, is_sme=is_sme and category == "enterprise")
+def buyer(
+    *, category: str = "enterprise", city: str = "beijing", is_sme: bool = True, funds: Decimal = Decimal("1000000.00")
+) -> User:
+    """A buyer organisation's user; its wallet is topped up with ``funds`` (so its jobs can be held for)."""
+    user = _register(category, city=city, is_sme=is_sme and category == "enterprise")
+    if funds:
+        from billing import services as billing_services
+
+        billing_services.wallet_top_up(
+            organisation=user.organisation, amount=funds, reference=f"initial-{user.pk}", actor=user
+        )
+    return user
 
 
 def operator() -> User:

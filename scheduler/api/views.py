@@ -397,7 +397,7 @@ class QuoteView(APIView):
                         "commission": q.commission.amount,
                         "provider_share": q.provider_share.amount,
                     },
-                    "estimated_cost": a.estimated_cost,
+                    "estimated_cost": q.subtotal.amount,
                     "energy_kwh": a.energy_kwh,
                     "carbon_kg": a.carbon_kg,
                 }

@@ -5,7 +5,7 @@ import pytest
 from django.db.models import Sum
 
 from billing import services
-from billing.models import Account, Charge, Hold, LedgerTransaction, Posting
+from billing.models import Account, Charge, Hold, LedgerTransaction
 from core.errors import Conflict
 from scheduler import services as scheduler_services
 from scheduler.models import Lease
@@ -31,7 +31,7 @@ def scheduled_lease(buyer) -> Lease:
 
 
 def test_every_transaction_balances_and_balances_equal_postings():
-    buyer = factories.buyer()
+    buyer = factories.buyer(funds=Decimal(0))
     services.wallet_top_up(organisation=buyer.organisation, amount=Decimal("500.00"), reference="BANK-1", actor=buyer)
     for tx in LedgerTransaction.objects.all():
         assert tx.postings.aggregate(total=Sum("amount"))["total"] == 0
@@ -41,7 +41,7 @@ def test_every_transaction_balances_and_balances_equal_postings():
 
 
 def test_a_retried_top_up_moves_money_once():
-    buyer = factories.buyer()
+    buyer = factories.buyer(funds=Decimal(0))
     first = services.wallet_top_up(organisation=buyer.organisation, amount=Decimal("10.00"), reference="R", actor=buyer)
     again = services.wallet_top_up(organisation=buyer.organisation, amount=Decimal("10.00"), reference="R", actor=buyer)
     assert first.pk == again.pk
@@ -52,10 +52,10 @@ def test_a_retried_top_up_moves_money_once():
 
 def test_hold_capture_and_release_leave_the_buyer_paying_only_for_usage():
     factories.market(nodes=1)
-    buyer = factories.buyer()
+    buyer = factories.buyer(funds=Decimal(0))
     services.wallet_top_up(organisation=buyer.organisation, amount=Decimal("10000.00"), reference="R1", actor=buyer)
     lease = scheduled_lease(buyer)
-    hold = services.hold_for_lease(lease=lease)
+    hold = Hold.objects.get(lease=lease)  # held when the job was scheduled
     assert hold.amount == lease.estimated_cost
     assert held(buyer.organisation) == lease.estimated_cost
     sample, created = services.usage_record(
@@ -82,27 +82,32 @@ def test_hold_capture_and_release_leave_the_buyer_paying_only_for_usage():
     assert Hold.objects.get(pk=hold.pk).status == "closed"
 
 
-def test_a_hold_the_wallet_cannot_cover_is_refused_and_nothing_is_written():
+def test_a_job_the_wallet_cannot_cover_stays_queued_with_the_reason_and_nothing_is_written():
     factories.market(nodes=1)
-    buyer = factories.buyer()
-    services.wallet_top_up(organisation=buyer.organisation, amount=Decimal("0.01"), reference="R", actor=buyer)
-    lease = scheduled_lease(buyer)
+    buyer = factories.buyer(funds=Decimal("0.01"))
+    job = factories.submit(buyer)
     before = LedgerTransaction.objects.count()
-    with pytest.raises(services.InsufficientFunds):
-        services.hold_for_lease(lease=lease)
+    scheduler_services.cycle_run()
+    job.refresh_from_db()
+    assert job.status == "queued"
+    assert "cannot cover" in job.pending_reason and "0.01" in job.pending_reason
+    assert not Lease.objects.filter(job=job).exists()
     assert LedgerTransaction.objects.count() == before
-    assert Posting.objects.filter(transaction__kind="hold").count() == 0
     assert available(buyer.organisation) == Decimal("0.01")
+    services.wallet_top_up(organisation=buyer.organisation, amount=Decimal("10000.00"), reference="R2", actor=buyer)
+    scheduler_services.cycle_run()
+    lease = Lease.objects.get(job=job)
+    assert held(buyer.organisation) == lease.estimated_cost
 
 
 def test_usage_beyond_the_hold_comes_from_available_then_becomes_debt():
     factories.market(nodes=1)
-    buyer = factories.buyer()
-    lease = scheduled_lease(buyer)
+    buyer = factories.buyer(funds=Decimal(0))
+    estimate = scheduler_services.quote_for(user=buyer, values=factories.job_values())["options"][0]["breakdown"]
     services.wallet_top_up(
-        organisation=buyer.organisation, amount=lease.estimated_cost + Decimal("1.00"), reference="R", actor=buyer
+        organisation=buyer.organisation, amount=estimate.subtotal.amount + Decimal("1.00"), reference="R", actor=buyer
     )
-    services.hold_for_lease(lease=lease)
+    lease = scheduled_lease(buyer)
     # Three times the estimate: the hold pays the first third, the wallet 1.00, the rest is owed.
     sample, _ = services.usage_record(
         lease=lease, sequence=1, start=lease.start, end=lease.end, ncu_hours=lease.ncu_hours * 3
@@ -123,10 +128,9 @@ def test_usage_beyond_the_hold_comes_from_available_then_becomes_debt():
 
 def test_a_hold_for_a_lease_that_never_ran_is_voided():
     factories.market(nodes=1)
-    buyer = factories.buyer()
+    buyer = factories.buyer(funds=Decimal(0))
     services.wallet_top_up(organisation=buyer.organisation, amount=Decimal("10000.00"), reference="R", actor=buyer)
     lease = scheduled_lease(buyer)
-    services.hold_for_lease(lease=lease)
     hold = services.hold_close(lease=lease)
     assert hold.status == "voided"
     assert available(buyer.organisation) == Decimal("10000.00")

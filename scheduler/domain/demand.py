@@ -381,7 +381,7 @@ class Lease:
     end: datetime
     allocations: tuple[NodeAllocation, ...]
     interruptible: bool = False
-    ncu: Decimal = _ZERO  # NCU held, for the buyer's fair share
+    ncu: Decimal = _ZERO  # NCU held (informational: fair share is recomputed from the allocations and the pool)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,13 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
+from billing import services as billing
 from marketplace import services
 from marketplace.domain.credit_code import with_check_character
 from marketplace.domain.geography import CITIES, HUBS, Side
 from marketplace.models import DeviceModel, Organisation
 
+DEMO_WALLET = Decimal("500000.00")  # each demo buyer's opening balance, CNY
 DEMO_PASSWORD = "demo-pass-2026"  # noqa: S105 - printed by bin/run for the demo sign-ins
 SEED = 2026
 
@@ -122,6 +124,9 @@ class Command(BaseCommand):
                 password=DEMO_PASSWORD,
             )
             Token.objects.get_or_create(user=user)
+            billing.wallet_top_up(
+                organisation=user.organisation, amount=DEMO_WALLET, reference="demo-opening-balance", actor=user
+            )
 
         providers = sites = pools = 0
         for hub_code, names in PROVIDER_NAMES.items():

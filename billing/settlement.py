@@ -37,8 +37,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
-from django.db.models import Count, DecimalField, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db import connection, transaction
+from django.db.models import DecimalField, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -65,7 +65,7 @@ from marketplace.models import Role, User
 # periods run from 00:00 to 24:00 CST and weekly ones from Monday.
 PERIOD_EPOCH = datetime(1970, 1, 5, tzinfo=pricing.CST)
 ZERO = Decimal("0.00")
-LINE_BATCH = 5000
+BATCH = 5000
 
 STATEMENT_TRANSITIONS: dict[str, set[str]] = {
     StatementStatus.PENDING_REVIEW: {StatementStatus.APPROVED, StatementStatus.DISPUTED},
@@ -162,63 +162,31 @@ def settlement_close(*, start: datetime, end: datetime, actor: User | None = Non
 
 def _settle(period: SettlementPeriod) -> dict[str, int]:
     unsettled = _unsettled(start=period.start, end=period.end)
+    pairs = list(unsettled.values_list("provider_id", "buyer_id").distinct())
     parties = [
-        (StatementRole.PROVIDER, StatementStatus.PENDING_REVIEW, "provider_id"),
-        (StatementRole.BUYER, StatementStatus.FINAL, "buyer_id"),
+        (StatementRole.PROVIDER, StatementStatus.PENDING_REVIEW, sorted({p for p, _ in pairs})),
+        (StatementRole.BUYER, StatementStatus.FINAL, sorted({b for _, b in pairs})),
     ]
     SettlementStatement.objects.bulk_create(
         [
             SettlementStatement(period=period, organisation_id=org_id, role=role, status=status)
-            for role, status, column in parties
-            for org_id in unsettled.values_list(column, flat=True).distinct()
+            for role, status, org_ids in parties
+            for org_id in org_ids
         ],
-        batch_size=LINE_BATCH,
+        batch_size=BATCH,
     )
     statements = SettlementStatement.objects.filter(period=period)
-
-    def statement_of(role: str, column: str) -> Subquery:
-        return Subquery(statements.filter(role=role, organisation_id=OuterRef(column)).values("pk")[:1])
-
-    # Only charges whose two parties both got a statement above: a charge
-    # committed meanwhile by a new party waits for the next period.
-    linked = unsettled.filter(
-        provider_id__in=statements.filter(role=StatementRole.PROVIDER).values("organisation_id"),
-        buyer_id__in=statements.filter(role=StatementRole.BUYER).values("organisation_id"),
-    ).update(
-        provider_statement_id=statement_of(StatementRole.PROVIDER, "provider_id"),
-        buyer_statement_id=statement_of(StatementRole.BUYER, "buyer_id"),
-    )
-    lines = 0
-    for column in ("provider_statement", "buyer_statement"):
-        grouped = (
-            Charge.objects.filter(**{f"{column}__in": statements.values("pk")})
-            .order_by()
-            .values(column, "lease")
-            .annotate(
-                n=Count("id"),
-                ncu=Sum("ncu_hours"),
-                total_gross=Sum("gross"),
-                total_commission=Sum("commission"),
-                total_net=Sum("provider_share"),
-            )
+    ids = {(role, org): pk for pk, role, org in statements.values_list("pk", "role", "organisation_id")}
+    linked = 0
+    for offset in range(0, len(pairs), BATCH):
+        linked += _link_charges(
+            period,
+            [
+                (provider, buyer, ids[StatementRole.PROVIDER, provider], ids[StatementRole.BUYER, buyer])
+                for provider, buyer in pairs[offset : offset + BATCH]
+            ],
         )
-        batch: list[StatementLine] = []
-        for row in grouped.iterator(chunk_size=LINE_BATCH):
-            batch.append(
-                StatementLine(
-                    statement_id=row[column],
-                    lease_id=row["lease"],
-                    samples=row["n"],
-                    ncu_hours=row["ncu"],
-                    gross=row["total_gross"],
-                    commission=row["total_commission"],
-                    net=row["total_net"],
-                )
-            )
-            if len(batch) >= LINE_BATCH:
-                lines += len(StatementLine.objects.bulk_create(batch))
-                batch = []
-        lines += len(StatementLine.objects.bulk_create(batch))
+    lines = _insert_lines(period, "provider_statement") + _insert_lines(period, "buyer_statement")
     _total_from_lines(statements)
     statements.filter(samples=0).delete()  # a party whose charges a concurrent close took
     audit_many(
@@ -235,21 +203,79 @@ def _settle(period: SettlementPeriod) -> dict[str, int]:
     }
 
 
-def _total_from_lines(statements: QuerySet[SettlementStatement]) -> None:
-    """Set each statement's totals to the sums of its lines, in one UPDATE."""
-    per_statement = StatementLine.objects.filter(statement=OuterRef("pk")).order_by().values("statement")
+def _link_charges(period: SettlementPeriod, statements: list[tuple[int, int, int, int]]) -> int:
+    """Link the unsettled charges of each (provider, buyer, provider
+    statement, buyer statement) to the two statements: one UPDATE joined to
+    that mapping (a hash join over one scan of the charges; the ORM cannot
+    write UPDATE … FROM, and per-row subqueries are several times slower). Its
+    WHERE clause is :func:`_unsettled`. A charge committed meanwhile by a pair
+    not in the mapping waits for the next period."""
+    qn = connection.ops.quote_name
+    charge = qn(Charge._meta.db_table)
+    periods = qn(SettlementPeriod._meta.db_table)
+    # Whole numbers read from the database, formatted as integers: nothing to inject.
+    mapping = ", ".join(f"({int(p)}, {int(b)}, {int(ps)}, {int(bs)})" for p, b, ps, bs in statements)
+    sql = f"""
+        WITH m (provider_id, buyer_id, provider_statement_id, buyer_statement_id) AS (VALUES {mapping})
+        UPDATE {charge}
+        SET provider_statement_id = m.provider_statement_id, buyer_statement_id = m.buyer_statement_id
+        FROM m
+        WHERE {charge}.provider_id = m.provider_id
+          AND {charge}.buyer_id = m.buyer_id
+          AND {charge}.provider_statement_id IS NULL
+          AND {charge}.created_at < %s
+          AND ({charge}.created_at >= %s OR EXISTS (
+                SELECT 1 FROM {periods} p
+                WHERE p.status = %s AND p.{qn("start")} <= {charge}.created_at AND p.{qn("end")} > {charge}.created_at))
+    """  # noqa: S608
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [adapt(period.end), adapt(period.start), PeriodStatus.CLOSED.value])
+        return cursor.rowcount
 
-    def total(column: str, output: Any) -> Coalesce:
-        summed = per_statement.annotate(total=Sum(column)).values("total")
+
+def _insert_lines(period: SettlementPeriod, link: str) -> int:
+    """One line per (statement, lease) of the period's charges linked through
+    ``link``: INSERT … SELECT … GROUP BY, so no charge row leaves the
+    database. Sums of fen-exact amounts are exact; ROUND only keeps SQLite's
+    floating-point sums on the fen."""
+    qn = connection.ops.quote_name
+    line = qn(StatementLine._meta.db_table)
+    charge = qn(Charge._meta.db_table)
+    statement = qn(SettlementStatement._meta.db_table)
+    fk = qn(Charge._meta.get_field(link).column)
+    sql = f"""
+        INSERT INTO {line} (statement_id, lease_id, samples, ncu_hours, gross, commission, net)
+        SELECT c.{fk}, c.lease_id, COUNT(*), ROUND(SUM(c.ncu_hours), 4), ROUND(SUM(c.gross), 2),
+               ROUND(SUM(c.commission), 2), ROUND(SUM(c.provider_share), 2)
+        FROM {charge} c JOIN {statement} s ON s.id = c.{fk}
+        WHERE s.period_id = %s
+        GROUP BY c.{fk}, c.lease_id
+    """  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [period.pk])
+        return cursor.rowcount
+
+
+def _total_from_lines(statements: QuerySet[SettlementStatement]) -> None:
+    """Set each statement's totals to the sums of its lines, and what vouchers
+    funded to the sum over its charges: one UPDATE per role."""
+    per_statement = StatementLine.objects.filter(statement=OuterRef("pk")).order_by().values("statement")
+    money = DecimalField(max_digits=18, decimal_places=2)
+
+    def total(rows: QuerySet, column: str, output: Any) -> Coalesce:
+        summed = rows.annotate(total=Sum(column)).values("total")
         return Coalesce(Subquery(summed, output_field=output), Value(0), output_field=output)
 
-    money = DecimalField(max_digits=18, decimal_places=2)
-    statements.update(
-        gross=total("gross", money),
-        commission=total("commission", money),
-        net=total("net", money),
-        samples=total("samples", IntegerField()),
-    )
+    for role, link in ((StatementRole.PROVIDER, "provider_statement"), (StatementRole.BUYER, "buyer_statement")):
+        charges = Charge.objects.filter(**{link: OuterRef("pk")}).order_by().values(link)
+        statements.filter(role=role).update(
+            gross=total(per_statement, "gross", money),
+            commission=total(per_statement, "commission", money),
+            net=total(per_statement, "net", money),
+            samples=total(per_statement, "samples", IntegerField()),
+            voucher_funded=total(charges, "voucher_funded", money),
+        )
 
 
 def settlement_close_due(*, now: datetime | None = None, actor: User | None = None) -> list[SettlementPeriod]:

@@ -173,6 +173,23 @@ def test_each_provider_and_each_buyer_gets_one_statement_with_totals_equal_to_it
     assert not Charge.objects.filter(buyer_statement__isnull=True).exists()
 
 
+def test_statements_show_what_compute_vouchers_funded(operator):
+    from tests.vouchers import helpers
+
+    provider, _pools = factories.market(nodes=1)
+    buyer = factories.buyer()
+    programme = helpers.programme(operator, budget="100000.00")  # a 30% voucher
+    helpers.voucher(buyer, programme, operator, amount="5000.00")
+    lease = helpers.lease_for(buyer)
+    helpers.charge(lease, "1000.00")
+    helpers.charge(lease, "100.00")
+    close_until_now()
+    statement = provider_statement(provider)
+    assert (statement.gross, statement.voucher_funded) == (Decimal("1100.00"), Decimal("330.00"))
+    buyer_statement = SettlementStatement.objects.get(organisation=buyer.organisation, role="buyer")
+    assert buyer_statement.voucher_funded == Decimal("330.00")
+
+
 def test_closing_the_same_period_twice_creates_nothing_new():
     charged_leases(1)
     start, end = timezone.now() - timedelta(hours=2), timezone.now()

@@ -362,6 +362,7 @@ def buyer_jobs(*, organisation_id: int, limit: int = 100) -> list[dict[str, Any]
     for job in jobs:
         lease = latest.get(job.pk)
         cost = costs.get(job.pk, {})
+        progress = lease.progress_percent if lease else None
         rows.append(
             {
                 "id": job.pk,
@@ -369,7 +370,7 @@ def buyer_jobs(*, organisation_id: int, limit: int = 100) -> list[dict[str, Any]
                 "state": job.status,
                 "state_label": JobStatus(job.status).label,
                 "pending_reason": job.pending_reason if job.status in (JobStatus.QUEUED, JobStatus.SUBMITTED) else "",
-                "progress_percent": lease.progress_percent if lease else None,
+                "progress_percent": Decimal(100) if job.status == JobStatus.SUCCEEDED else progress,
                 "progress_message": lease.progress_message if lease else "",
                 "pool": lease.pool.identifier if lease else "",
                 "hub": lease.pool.site.hub if lease else "",

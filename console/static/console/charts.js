@@ -42,6 +42,9 @@
     var root = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": label, class: "chart-svg" });
     root.appendChild(svg("title", {}, label));
     var x = M.left;
+    if (!(series || []).some(function (s) { return s.name; })) {
+      root.appendChild(svg("text", { class: "legend", x: x, y: 17 }, label));
+    }
     (series || []).forEach(function (s, i) {
       if (!s.name) return;
       root.appendChild(svg("rect", { class: "legend-key s" + colour(s, i), x: x, y: 8, width: 10, height: 10 }));

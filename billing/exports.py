@@ -180,7 +180,7 @@ def _lines_table(statement: SettlementStatement, width: float) -> Table:
     if count:
         rows.append(
             [
-                f"{count} more lease(s), listed in the CSV export",
+                f"{count} more leases, listed in the CSV export",
                 "",
                 "",
                 others["n"],

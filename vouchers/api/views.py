@@ -479,7 +479,8 @@ class ApplicationListView(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        programme = get_object_or_404(selectors.programmes_visible_to(request.user), pk=values.pop("programme"))
+        # Any programme: one that is closed is refused by the checks, with the reason.
+        programme = get_object_or_404(VoucherProgramme, pk=values.pop("programme"))
         application = services.application_submit(user=request.user, programme=programme, **values)
         return Response(ApplicationOutput(application).data, status=status.HTTP_201_CREATED)
 

@@ -73,6 +73,10 @@ def test_programmes_outside_their_window_are_shown_only_to_operators(api, operat
     assert api.get("/api/v1/voucher-programmes").data["count"] == 0
     assert_error(api.get(f"/api/v1/voucher-programmes/{later.pk}"), 404)
     assert client_for(operator).get("/api/v1/voucher-programmes").data["count"] == 1
+    early = client_for(factories.buyer()).post(
+        "/api/v1/voucher-applications", {"programme": later.pk, "requested_amount": "10.00", "intended_use": "x"}
+    )
+    assert early.data["status"] == "rejected" and "opens for applications" in early.data["reason"]
 
 
 def test_only_operators_create_and_bad_rules_name_their_field(api, operator):

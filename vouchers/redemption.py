@@ -197,8 +197,8 @@ def charge_refund(*, charge: Charge, amount: Decimal, reason: str, reference: st
             )
         except InsufficientFunds:
             raise Conflict(
-                "the provider's earnings from this charge were already paid out; correct it with an adjustment "
-                "on the provider's next settlement statement",
+                "the provider's earnings or the platform's commission from this charge were already paid out; "
+                "correct it with an adjustment on the provider's next settlement statement",
                 field="amount",
             ) from None
         for s in subsidies:

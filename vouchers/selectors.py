@@ -16,7 +16,6 @@ from django.utils import timezone
 from billing.domain.money import to_fen
 from billing.domain.pricing import CST
 from billing.models import Account, Posting
-from billing.services import account_code
 from marketplace.domain.credit_code import CreditCodeError, validate_credit_code
 from marketplace.domain.geography import CITIES
 from marketplace.models import Organisation, ResourcePool, Role, User
@@ -537,8 +536,3 @@ def programme_report(programme: VoucherProgramme) -> dict[str, Any]:
 
 def buyer_organisation(user: User) -> Organisation:
     return Organisation.objects.get(pk=user.organisation_id)
-
-
-def account_balance(organisation_id: int, kind: str) -> Decimal:
-    account = Account.objects.filter(code=account_code(organisation_id, kind)).first()
-    return account.balance if account else ZERO

@@ -118,7 +118,8 @@ class Hold(models.Model):
                 condition=Q(captured__gte=0, released__gte=0, amount__gte=0), name="hold_amounts_not_negative"
             ),
             models.CheckConstraint(
-                condition=Q(amount__gte=models.F("captured") + models.F("released")), name="hold_not_overdrawn"
+                condition=Q(amount__gte=Round(models.F("captured") + models.F("released"), 2)),
+                name="hold_not_overdrawn",
             ),
         ]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
+from django.db.models.functions import Round
 from django.utils import timezone
 
 from billing.domain import ledger, pricing
@@ -44,6 +45,13 @@ PLATFORM_KINDS = {
     BANK_CLEARING: AccountKind.BANK_CLEARING,
     ADJUSTMENTS: AccountKind.ADJUSTMENTS,
 }
+
+
+def _fen_sum(column: F, amount: Decimal) -> Round:
+    """column + amount rounded to the fen in the database: PostgreSQL's numeric
+    is exact anyway; SQLite adds in binary floating point, where 10.00 − 9.99
+    − 0.01 is a hair below zero and would trip the non-negative constraint."""
+    return Round(column + amount, 2)
 
 
 class InsufficientFunds(ApplicationError):
@@ -126,7 +134,7 @@ def post(
         for p in sorted(draft.postings, key=lambda p: p.account):  # one lock order: no deadlocks
             try:
                 with transaction.atomic():
-                    Account.objects.filter(pk=accounts[p.account].pk).update(balance=F("balance") + p.amount)
+                    Account.objects.filter(pk=accounts[p.account].pk).update(balance=_fen_sum(F("balance"), p.amount))
             except IntegrityError:
                 raise InsufficientFunds(
                     f"{p.account} cannot cover {-p.amount} CNY ({draft.memo})", field="amount"
@@ -282,7 +290,7 @@ def holds_for_new_leases(leases: list[Any]) -> None:
         for code in sorted(moves):
             try:
                 with transaction.atomic():
-                    Account.objects.filter(pk=accounts[code].pk).update(balance=F("balance") + moves[code])
+                    Account.objects.filter(pk=accounts[code].pk).update(balance=_fen_sum(F("balance"), moves[code]))
             except IntegrityError:
                 raise InsufficientFunds(f"{code} cannot cover the holds of this cycle", field="amount") from None
     Hold.objects.bulk_create(
@@ -312,7 +320,7 @@ def hold_close(*, lease: Any, actor: User | None = None) -> Hold | None:
             )
         status = HoldStatus.VOIDED if hold.captured == 0 else HoldStatus.CLOSED
         Hold.objects.filter(pk=hold.pk).update(
-            released=F("released") + remaining, status=status, closed_at=timezone.now()
+            released=_fen_sum(F("released"), remaining), status=status, closed_at=timezone.now()
         )
         audit_record(
             actor=actor,
@@ -462,7 +470,7 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
             data={"lease": lease.pk, "sample": sample.pk},
         )
         if hold is not None and from_hold:
-            Hold.objects.filter(pk=hold.pk).update(captured=F("captured") + from_hold)
+            Hold.objects.filter(pk=hold.pk).update(captured=_fen_sum(F("captured"), from_hold))
         charge = Charge.objects.create(
             sample=sample,
             lease=lease,

@@ -144,6 +144,8 @@ SPECTACULAR_SETTINGS = {
         "LeaseStatusEnum": "scheduler.models.LeaseStatus",
         "StatementStatusEnum": "billing.models.StatementStatus",
         "HoldStatusEnum": "billing.models.HoldStatus",
+        "RoleEnum": "marketplace.models.Role",
+        "StatementRoleEnum": "billing.models.StatementRole",
     },
 }
 
@@ -205,6 +207,31 @@ CELERY_BEAT_SCHEDULE["watch-leases"] = {
     "task": "scheduler.tasks.watch_leases",
     "schedule": float(os.environ.get("CX_WATCH_SECONDS", "15")),
     "options": {"expires": 15},
+}
+# Billing: charge reported usage every few seconds (also kicked on each
+# report); close settlement periods as they elapse (daily, CST, by default).
+CX_SETTLEMENT_PERIOD_HOURS = int(os.environ.get("CX_SETTLEMENT_PERIOD_HOURS", "24"))
+CELERY_BEAT_SCHEDULE["charge-usage"] = {
+    "task": "billing.tasks.charge_usage",
+    "schedule": float(os.environ.get("CX_CHARGE_SECONDS", "10")),
+    "options": {"expires": 10},
+}
+CELERY_BEAT_SCHEDULE["close-settlement-periods"] = {
+    "task": "billing.tasks.close_due_periods",
+    "schedule": 300.0,
+    "options": {"expires": 300},
+}
+# Vouchers: expired balances go back (or are forfeited) and redemption
+# statements are drawn up as periods end.
+CELERY_BEAT_SCHEDULE["expire-vouchers"] = {
+    "task": "vouchers.tasks.expire_vouchers",
+    "schedule": 3600.0,
+    "options": {"expires": 3600},
+}
+CELERY_BEAT_SCHEDULE["close-redemption-statements"] = {
+    "task": "vouchers.tasks.close_redemption_statements",
+    "schedule": 300.0,
+    "options": {"expires": 300},
 }
 # Platform commission (合作分成) by provider category; the default is 8%.
 CX_COMMISSION_RATES: dict[str, str] = {"provider": os.environ.get("CX_COMMISSION_RATE", "0.08")}

@@ -14,6 +14,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include("marketplace.api.urls")),
     path("api/v1/", include("scheduler.api.urls")),
+    path("api/v1/", include("billing.api.urls")),
+    path("api/v1/", include("billing.wallet_urls")),
     path("api/v1/", include("vouchers.api.urls")),
     path("api/v1/", include("core.urls")),
     path("", include("console.urls")),

@@ -6,20 +6,15 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.urls import include, path
 from django.utils import timezone
 
 from billing import services
 from billing.models import LedgerTransaction, SettlementStatement
-from config.urls import urlpatterns as config_urlpatterns
 from tests import factories
 from tests.billing.test_settlement import charged_leases, close_until_now, payable
 from tests.conftest import client_for
 
-# The billing URLs under /api/v1/ whether or not config/urls.py includes them yet.
-urlpatterns = [*config_urlpatterns, path("api/v1/", include("billing.api.urls"))]
-
-pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
 """Settlement of charges into statements and the operator's review of them."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -383,3 +385,64 @@ def test_a_paid_statement_cannot_be_disputed(operator):
     with pytest.raises(IllegalTransition) as refused:
         settlement.statement_dispute(statement=statement, actor=operator, reason="late", amount=Decimal("1.00"))
     assert refused.value.extra == {"current": "paid", "target": "disputed"}
+
+
+# --- several workers at once (PostgreSQL) -----------------------------------------------------------------------------
+
+
+def run_together(target, count: int) -> list:
+    """``target(i)`` in ``count`` threads released at once, each on its own connection;
+    returns results and exceptions in order."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[i] = target(i)
+        except Exception as error:  # returned to the test
+            results[i] = error
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads), "a worker did not finish"
+    return results
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_operators_approving_at_once_pay_the_provider_once():
+    provider, _buyer, _ = charged_leases(2)
+    close_until_now()
+    statement = provider_statement(provider)
+    operators = [factories.operator() for _ in range(4)]
+
+    results = run_together(lambda i: settlement.statement_approve(statement=statement, actor=operators[i]), 4)
+
+    assert sum(isinstance(r, SettlementStatement) for r in results) == 1
+    assert all(isinstance(r, (SettlementStatement, IllegalTransition)) for r in results), results
+    assert LedgerTransaction.objects.filter(kind="payout").count() == 1
+    assert payable(provider.organisation) == 0
+    assert SettlementStatement.objects.get(pk=statement.pk).status == "paid"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_workers_closing_one_period_at_once_settle_every_charge_once():
+    provider, buyer, _ = charged_leases(3)
+    start, end = timezone.now() - timedelta(hours=1), timezone.now()
+
+    results = run_together(lambda i: settlement.settlement_close(start=start, end=end), 4)
+
+    assert all(isinstance(r, SettlementPeriod) for r in results), results
+    assert len({r.pk for r in results}) == 1
+    assert SettlementStatement.objects.count() == 2
+    assert StatementLine.objects.count() == 6
+    assert not Charge.objects.filter(provider_statement__isnull=True).exists()
+    assert provider_statement(provider).samples == Charge.objects.filter(buyer=buyer.organisation).count() == 6
+    assert AuditEntry.objects.filter(action="settlement.period_closed").count() == 1

@@ -250,6 +250,22 @@ def test_the_task_closes_every_elapsed_day_once(settings):
     assert SettlementPeriod.objects.count() == 2
 
 
+def test_the_celery_tasks_close_due_periods_and_a_period_given_by_its_bounds(settings):
+    from billing import tasks
+
+    settings.CX_SETTLEMENT_PERIOD_HOURS = 24
+    provider, _buyer, _ = charged_leases(1)
+    Charge.objects.update(created_at=F("created_at") - timedelta(days=1))
+    closed = tasks.close_due_periods()["closed"]
+    assert closed == [provider_statement(provider).period_id]
+    assert tasks.close_due_periods() == {"closed": []}
+    today, _ = settlement.period_containing(timezone.now())
+    pk = tasks.close_period(today.isoformat(), timezone.now().isoformat())
+    assert SettlementPeriod.objects.get(pk=pk).start == today
+    with pytest.raises(InvalidInput):
+        tasks.close_period("yesterday", "today")
+
+
 def test_closing_due_periods_leaves_out_a_period_closed_by_hand(settings):
     settings.CX_SETTLEMENT_PERIOD_HOURS = 24
     today, _ = settlement.period_containing(timezone.now())

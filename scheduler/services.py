@@ -327,7 +327,7 @@ def job_draft(*, user: User, values: dict[str, Any]) -> Job:
     return job
 
 
-def job_submit(*, user: User, values: dict[str, Any]) -> Job:
+def job_submit(*, user: User, values: dict[str, Any], use_vouchers: bool = False) -> Job:
     """Submit a job: validated, refused at once with the reason if no pool of
     the market could ever run it, else queued for the scheduler."""
     _require_buyer(user)
@@ -344,6 +344,10 @@ def job_submit(*, user: User, values: dict[str, Any]) -> Job:
             to_state=JobStatus.SUBMITTED,
             data={"explanation": explanation.as_dict()},
         )
+        if use_vouchers:
+            from vouchers.services import job_voucher_choose
+
+            job_voucher_choose(job=job, enabled=True, actor=user)
         job = job_transition(job=job, to=JobStatus.QUEUED, actor=user, reason=explanation.message)
         transaction.on_commit(_kick_scheduler)
     return job
@@ -570,9 +574,13 @@ def _write_assignments(
 
 
 def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str, Any]:
-    """The best few placements of a job spec, priced, without submitting it."""
+    """The best few placements of a job spec, priced, with the subsidy the
+    buyer's vouchers would pay, without submitting it."""
+    from vouchers.redemption import quote_subsidy
+
     _require_buyer(user)
-    job = job_draft(user=user, values=values)
+    # A quote shows what the buyer's vouchers would pay whether or not the job will use them.
+    job = job_draft(user=user, values={k: v for k, v in values.items() if k != "use_vouchers"})
     now = timezone.now()
     pool_offers, leases, rows = selectors.engine_inputs(now=now)
     result = matching.quote(job_spec(job), pool_offers, leases, now=now, limit=limit)
@@ -581,6 +589,7 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     for option in result.options:
         offer = rows[option.pool_id]
         breakdown = price_breakdown(offer, option, month_to_date=month_to_date)
+        breakdown, _decision = quote_subsidy(buyer_id=job.buyer_id, pool=offer.pool, quote=breakdown, at=now)
         options.append({"assignment": option, "offer": offer, "breakdown": breakdown})
     return {"options": options, "explanation": result.explanation}
 

@@ -199,6 +199,9 @@ class JobInput(serializers.Serializer):
     interruptible = serializers.BooleanField(default=False)
     objective = serializers.ChoiceField(choices=Objective.choices, default=Objective.CHEAPEST)
     retry_on_loss = serializers.BooleanField(default=True)
+    use_vouchers = serializers.BooleanField(
+        default=False, help_text="Let the organisation's compute vouchers pay their share of this job's charges"
+    )
 
     def validate_earliest_start(self, value: datetime | None) -> datetime | None:
         return _within_horizon(value)
@@ -310,7 +313,9 @@ class JobListView(APIView):
     def post(self, request: Request) -> Response:
         data = JobInput(data=request.data)
         data.is_valid(raise_exception=True)
-        job = services.job_submit(user=request.user, values=dict(data.validated_data))
+        values = dict(data.validated_data)
+        use_vouchers = values.pop("use_vouchers")
+        job = services.job_submit(user=request.user, values=values, use_vouchers=use_vouchers)
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
 
 

@@ -134,16 +134,20 @@ def _p(text: object, style: ParagraphStyle = BODY) -> Paragraph:
     return Paragraph(escape(value), style)
 
 
-def _grid(rows: list[list[object]], widths: list[float], *, header: bool = True, numeric_from: int = 99) -> Table:
-    table = Table(rows, colWidths=widths, repeatRows=1 if header else 0)
+def _grid(
+    rows: list[list[object]], widths: list[float], *, header: bool = True, numeric: tuple[int, int] | None = None
+) -> Table:
+    """A table; the columns ``numeric`` (first, last) are right-aligned."""
+    table = Table(rows, colWidths=widths, repeatRows=1 if header else 0, hAlign="LEFT")
     style = [
         ("FONT", (0, 0), (-1, -1), "Helvetica", 8),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.HexColor("#BBBBBB")),
         ("TOPPADDING", (0, 0), (-1, -1), 2),
         ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
-        ("ALIGN", (numeric_from, 0), (-1, -1), "RIGHT"),
     ]
+    if numeric is not None:
+        style.append(("ALIGN", (numeric[0], 0), (numeric[1], -1), "RIGHT"))
     if header:
         style += [
             ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8),
@@ -192,7 +196,7 @@ def _lines_table(statement: SettlementStatement, width: float) -> Table:
         )
     rows.append(["Total", "", "", statement.samples, "", statement.gross, statement.commission, statement.net])
     fractions = (0.08, 0.27, 0.07, 0.09, 0.13, 0.13, 0.12, 0.11)
-    table = _grid(rows, [width * f for f in fractions], numeric_from=3)
+    table = _grid(rows, [width * f for f in fractions], numeric=(3, 7))
     extra = [("FONT", (0, -1), (-1, -1), "Helvetica-Bold", 8)]
     if count:
         extra.append(("SPAN", (0, -2), (2, -2)))
@@ -273,10 +277,11 @@ def statement_pdf(statement: SettlementStatement) -> bytes:
         ]
     story += [
         _p("Totals (CNY)", HEADING),
-        _grid(totals, [width * 0.4, width * 0.2], header=False, numeric_from=1),
+        _grid(totals, [width * 0.4, width * 0.2], header=False, numeric=(1, 1)),
         _p("Review and payout record", HEADING),
-        _grid(_history_rows(statement), [width * f for f in (0.17, 0.14, 0.27, 0.12, 0.30)], numeric_from=3),
+        _grid(_history_rows(statement), [width * f for f in (0.17, 0.14, 0.27, 0.12, 0.30)], numeric=(3, 3)),
     ]
+    story.append(Spacer(1, 2 * mm))
     if payout is not None:
         story.append(
             _p(f"Paid out {payout.amount} CNY on {_cst(payout.at)} CST (ledger transaction {payout.key}).", BODY)

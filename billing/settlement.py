@@ -43,7 +43,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.domain import ledger, pricing
-from billing.domain.money import as_decimal, is_fen_exact
+from billing.domain.money import as_decimal, is_fen_exact, to_fen
 from billing.models import (
     AccountKind,
     Charge,
@@ -559,4 +559,4 @@ def statement_payout(statement: SettlementStatement) -> Payout | None:
     if tx is None:
         return None
     amount = tx.postings.filter(amount__gt=0).aggregate(total=Sum("amount"))["total"] or ZERO
-    return Payout(key=tx.key, amount=amount, at=tx.created_at)
+    return Payout(key=tx.key, amount=to_fen(amount), at=tx.created_at)

@@ -62,6 +62,8 @@ NODES_CSV = DATA / "alibaba-spot-gpu-v2026" / "node_info_df.csv"
 PODS_CSV = DATA / "alibaba-gpu-v2023" / "openb_pod_list_default.csv"
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/test"
 BENCH_DB = "cx_bench"
+WALLET = Decimal("10000000.00")  # CNY topped up in each buyer's wallet
+MAX_CYCLES = 50  # a worker gives up after this many cycles (a safeguard: the bench never needs that many)
 NAIVE_DB = "cx_bench_naive"
 
 
@@ -469,6 +471,11 @@ def make_market(*, pools: int, jobs: int, seed: int, now: datetime) -> Setup:
             job_spec(job)  # what job_submit validates
             job_rows.append(job)
         Job.objects.bulk_create(job_rows, batch_size=2000)
+        # every buyer's wallet funded through the billing service, so the cycle can hold each lease's cost
+        from billing import services as billing
+
+        for org in buyer_orgs:
+            billing.wallet_top_up(organisation=org, amount=WALLET, reference="bench-initial", actor=None)
         Job.objects.update(created_at=now - timedelta(hours=1), status_changed_at=now - timedelta(hours=1))
         setup.jobs = len(job_rows)
     setup.seconds = time.perf_counter() - started
@@ -481,10 +488,14 @@ def make_market(*, pools: int, jobs: int, seed: int, now: datetime) -> Setup:
 def _worker(index: int, url: str, limit: int, workers: int, split: str, ready: Any, go: Any, results: Any) -> None:
     """One scheduling worker: cycles until nothing it can claim can be placed.
 
-    ``split="shard"``: cycle k of worker w matches against offer shard (w + k) mod workers, so the workers' shards
-    are disjoint at any moment and a job left pending meets the other shards in later cycles; the worker stops after
-    ``workers`` cycles in a row that placed nothing (every shard tried). ``split="none"``: every cycle sees the whole
-    market; the worker stops after one cycle that placed nothing and had nothing refused at commit."""
+    ``split="shard"``: the worker's first cycle matches its claim (the oldest ``limit`` queued jobs not locked by
+    another worker) against offer shard ``index`` (offer id mod workers), so the workers' big first batches never
+    propose the same capacity and nothing is refused at commit. Later cycles see the whole market (and write every
+    pending job's reason). ``split="none"``: every cycle sees the whole market.
+
+    A whole-market cycle with nothing refused at commit and nothing preempted has tried every job it claimed against
+    every offer with what is committed; in this bench no lease ends, so free capacity only shrinks and those jobs
+    can never be placed: the worker stops. It also stops when it can claim nothing (another worker holds the rest)."""
     django_setup(url)
     from django.db import connection
 
@@ -496,11 +507,8 @@ def _worker(index: int, url: str, limit: int, workers: int, split: str, ready: A
     go.wait()
     started = time.perf_counter()
     cycles = []
-    idle = 0
-    k = 0
+    shard = (index, workers) if split == "shard" and workers > 1 else None
     while True:
-        shard = ((index + k) % workers, workers) if split == "shard" and workers > 1 else None
-        k += 1
         t0 = time.perf_counter()
         c0 = time.process_time()
         report = services.cycle_run(limit=limit, shard=shard)
@@ -519,10 +527,11 @@ def _worker(index: int, url: str, limit: int, workers: int, split: str, ready: A
         )
         if report.queued == 0:
             break
-        progress = report.assigned or report.refused_at_commit or report.preempted
-        idle = 0 if progress else idle + 1
-        if idle >= (workers if shard is not None else 1):
+        if shard is None and not (report.refused_at_commit or report.preempted):
             break
+        if len(cycles) >= MAX_CYCLES:
+            break
+        shard = None
     results.put({"worker": index, "cycles": cycles, "seconds": time.perf_counter() - started})
     connection.close()
 
@@ -592,15 +601,33 @@ def overbooked_offers() -> tuple[int, int, list[str]]:
 class Quality:
     jobs_placed: int
     our_cost: float
-    optimal_cost: float | None
-    lower_bound: float | None
-    ratio: float | None
-    status: str
+    lp_bound: float | None  # the LP relaxation's optimum: no assignment can cost less
+    mip_cost: float | None  # the best integral assignment HiGHS found
+    mip_bound: float | None  # HiGHS's proven lower bound for the MIP
+    mip_status: str
     candidates_per_job: int
     variables: int
     seconds: float
-    lp_max_placeable: int | None = None
-    k_sensitivity: dict[str, float] = field(default_factory=dict)
+    max_placeable: int | None = None  # LP bound on how many jobs of the batch could be placed at all
+
+    @property
+    def proven(self) -> bool:
+        """Whether the MIP's incumbent is proven optimal (to a relative gap of 1e-6)."""
+        if self.mip_cost is None or self.mip_bound is None:
+            return False
+        return self.mip_cost - self.mip_bound <= 1e-6 * max(abs(self.mip_cost), 1.0)
+
+    @property
+    def best_bound(self) -> float | None:
+        bounds = [b for b in (self.lp_bound, self.mip_bound) if b is not None and not math.isnan(b)]
+        return max(bounds) if bounds else None
+
+    @property
+    def ratio(self) -> float | None:
+        """Our cost over the optimum when HiGHS proved it, else over the best lower bound (a ratio no better than
+        the true one)."""
+        reference = self.mip_cost if self.proven else self.best_bound
+        return self.our_cost / reference if reference else None
 
 
 @dataclass
@@ -716,11 +743,22 @@ def feasible_pairs(
     return pairs, facts
 
 
+@dataclass
+class Solution:
+    status: str
+    value: float | None
+    bound: float | None
+
+
 def solve_assignment(
-    pairs: list[Pair], facts: list[Any], *, jobs: int, placed: set[int] | None, time_limit: float, integral: bool
-) -> tuple[str, float | None, float | None, Any]:
-    """Minimise total cost. With ``placed``: exactly those jobs are placed, each on one pool. Without it: maximise
-    the number placed (objective −1 per job). Capacity per pool, aggregated over its offered nodes."""
+    pairs: list[Pair], facts: list[Any], *, placed: set[int] | None, time_limit: float, integral: bool
+) -> Solution:
+    """The batch as an assignment problem, solved by HiGHS (``scipy.optimize.milp``).
+
+    Variables: x[j, p] in [0, 1] (integral when ``integral``) for each candidate pair. Rows: each job on at most one
+    pool (with ``placed``: exactly one, for exactly the jobs in ``placed``); per pool, the accelerator thousandths,
+    CPU thousandths and memory MiB its jobs hold (all their nodes) at most the pool's offered nodes' total.
+    Objective: with ``placed``, minimise total cost; without, maximise the number of jobs placed."""
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
@@ -728,40 +766,33 @@ def solve_assignment(
     if placed is not None:
         pairs = [p for p in pairs if p.job in placed]
     m = len(pairs)
-    job_index = {j: r for r, j in enumerate(sorted({p.job for p in pairs}))}
+    job_row = {j: r for r, j in enumerate(sorted({p.job for p in pairs}))}
     pools = sorted({p.pool for p in pairs})
-    pool_row = {i: r for r, i in enumerate(pools)}
-    rows, cols, vals = [], [], []
-    lo, hi = [], []
-    # one pool per job
+    pool_row = {i: len(job_row) + 3 * r for r, i in enumerate(pools)}
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
     for c, p in enumerate(pairs):
-        rows.append(job_index[p.job])
+        rows.append(job_row[p.job])
         cols.append(c)
         vals.append(1.0)
-    for _ in job_index:
-        lo.append(1.0 if placed is not None else 0.0)
-        hi.append(1.0)
-    base = len(job_index)
-    # capacity: accelerator thousandths, CPU, memory per pool
-    for c, p in enumerate(pairs):
-        r = base + 3 * pool_row[p.pool]
         for offset, value in ((0, p.thousandths), (1, p.cpu_milli), (2, p.memory_mib)):
             if value:
-                rows.append(r + offset)
+                rows.append(pool_row[p.pool] + offset)
                 cols.append(c)
                 vals.append(float(value))
+    lo = [1.0 if placed is not None else 0.0] * len(job_row)
+    hi = [1.0] * len(job_row)
     for i in pools:
         f = facts[i]
-        shape = f.node_shape
         lo += [-np.inf] * 3
         hi += [
-            float(f.nodes_offered * shape.accelerators * 1000),
-            float(f.nodes_offered * shape.cpu_milli),
-            float(f.nodes_offered * shape.memory_mib),
+            float(f.nodes_offered * f.node_shape.accelerators * 1000),
+            float(f.nodes_offered * f.node_shape.cpu_milli),
+            float(f.nodes_offered * f.node_shape.memory_mib),
         ]
-    a = coo_matrix((vals, (rows, cols)), shape=(base + 3 * len(pools), m)).tocsr()
-    cost = np.array([p.cost for p in pairs])
-    objective = cost if placed is not None else np.full(m, -1.0)
+    a = coo_matrix((vals, (rows, cols)), shape=(len(lo), m)).tocsr()
+    objective = np.array([p.cost for p in pairs]) if placed is not None else np.full(m, -1.0)
     res = milp(
         objective,
         constraints=[LinearConstraint(a, np.array(lo), np.array(hi))],
@@ -769,13 +800,12 @@ def solve_assignment(
         bounds=Bounds(0, 1),
         options={"time_limit": time_limit, "mip_rel_gap": 1e-6, "disp": False},
     )
-    bound = getattr(res, "mip_dual_bound", None)
-    if res.x is None:
-        return res.message, None, bound, None
-    return res.message, float(objective @ res.x), bound, res.x
+    value = None if res.x is None else float(objective @ res.x)
+    bound = getattr(res, "mip_dual_bound", None) if integral else value
+    return Solution(status=str(res.message), value=value, bound=None if bound is None else float(bound))
 
 
-def optimum(*, url: str, now: datetime, k: int, time_limit: float, pool_offers: list[Any], specs: list[Any]) -> Quality:
+def optimum(*, now: datetime, k: int, time_limit: float, pool_offers: list[Any], specs: list[Any]) -> Quality:
     """Our placement's cost against the optimum of the same problem.
 
     The problem: the jobs our run placed, each on exactly one pool, every (job, pool) pair allowed only if
@@ -783,8 +813,8 @@ def optimum(*, url: str, now: datetime, k: int, time_limit: float, pool_offers: 
     ``demand.estimated_cost`` (unit price × NCU × hours, prices as the first cycle saw them); capacity per pool
     aggregated over its nodes (accelerator thousandths, CPU, memory): a relaxation of per-node packing, so the
     optimum is a lower bound on what any exact packing could reach. Candidates per job: its ``k`` cheapest
-    feasible pools plus the pool we chose (so our placement is a feasible point and the ratio is >= 1).
-    Objective: minimise total cost. Solved as a MIP with HiGHS; on a time limit the MIP's dual bound is used."""
+    feasible pools plus the pool we chose (so our placement is a feasible point). Objective: minimise total cost.
+    Solved twice with HiGHS: as an LP (a lower bound, fast) and as a MIP (binary x) within ``time_limit``."""
     from scheduler.models import HOLDING_LEASE_STATES, Lease
 
     started = time.perf_counter()
@@ -800,30 +830,21 @@ def optimum(*, url: str, now: datetime, k: int, time_limit: float, pool_offers: 
     by_pair = {(p.job, p.pool): p for p in pairs}
     our_cost = sum(by_pair[(j, i)].cost for j, i in must.items())
     placed = set(must)
-    status, value, bound, _x = solve_assignment(
-        pairs, facts, jobs=len(specs), placed=placed, time_limit=time_limit, integral=True
-    )
-    lower = value if value is not None else bound
-    if bound is not None and value is not None:
-        lower = min(value, bound) if not math.isnan(bound) else value
-    ratio = our_cost / value if value else None
-    # how many of the batch the aggregated relaxation could place at most (LP bound on the count)
-    _s, most, _b, _x2 = solve_assignment(
-        pairs, facts, jobs=len(specs), placed=None, time_limit=time_limit, integral=False
-    )
-    quality = Quality(
+    lp = solve_assignment(pairs, facts, placed=placed, time_limit=time_limit, integral=False)
+    mip = solve_assignment(pairs, facts, placed=placed, time_limit=time_limit, integral=True)
+    most = solve_assignment(pairs, facts, placed=None, time_limit=time_limit, integral=False)
+    return Quality(
         jobs_placed=len(placed),
         our_cost=our_cost,
-        optimal_cost=value,
-        lower_bound=lower,
-        ratio=ratio,
-        status=status,
+        lp_bound=lp.value,
+        mip_cost=mip.value,
+        mip_bound=mip.bound,
+        mip_status=mip.status,
         candidates_per_job=k,
-        variables=len([p for p in pairs if p.job in placed]),
+        variables=sum(1 for p in pairs if p.job in placed),
         seconds=time.perf_counter() - started,
-        lp_max_placeable=None if most is None else round(-most),
+        max_placeable=None if most.value is None else math.floor(-most.value + 1e-6),
     )
-    return quality
 
 
 def engine_snapshot(now: datetime) -> tuple[list[Any], list[Any]]:
@@ -977,7 +998,7 @@ def main(argv: list[str] | None = None) -> int:
         "--split",
         choices=["shard", "none"],
         default="shard",
-        help="shard: each worker's cycle sees a disjoint shard of the offers (rotating); none: the whole market",
+        help="shard: each worker's first cycle sees a disjoint shard of the offers; none: every cycle the whole market",
     )
     parser.add_argument("--k", type=int, default=20, help="candidate pools per job in the optimum")
     parser.add_argument("--solver-seconds", type=float, default=120.0)
@@ -1033,7 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
     checked, overbooked, findings = overbooked_offers()
     jobs_per_s = placed / run.seconds if run.seconds else 0.0
     print()
-    split = "offer shards rotating between workers" if args.split == "shard" else "whole market in every cycle"
+    split = "first cycles on disjoint offer shards" if args.split == "shard" else "whole market in every cycle"
     print(
         f"ours: {placed:,} jobs placed in {run.seconds:.2f} s = {jobs_per_s:,.0f} jobs/s "
         f"({args.workers} workers, {split}, up to {limit:,} jobs claimed per cycle); {still_queued:,} left queued"
@@ -1057,17 +1078,30 @@ def main(argv: list[str] | None = None) -> int:
 
     quality = None
     if not args.skip_quality:
-        quality = optimum(
-            url=bench_url, now=now, k=args.k, time_limit=args.solver_seconds, pool_offers=pool_offers, specs=specs
-        )
+        quality = optimum(now=now, k=args.k, time_limit=args.solver_seconds, pool_offers=pool_offers, specs=specs)
+
+        def cny(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:,.2f} CNY"
+
         print()
         print(
-            f"quality: our cost {quality.our_cost:,.2f} CNY vs optimum {quality.optimal_cost or float('nan'):,.2f} "
-            f"CNY for the same {quality.jobs_placed:,} jobs → ratio {quality.ratio or float('nan'):.4f} "
-            f"({quality.status}; {quality.variables:,} variables, {quality.seconds:.1f} s)"
+            f"quality: the same {quality.jobs_placed:,} jobs as an assignment problem (HiGHS; "
+            f"{quality.candidates_per_job} cheapest feasible pools per job plus ours, {quality.variables:,} "
+            "variables; capacity aggregated per pool)"
         )
-        print(f"  leases' own estimated cost: {leased_cost:,.2f} CNY (prices locked cycle by cycle)")
-        print(f"  the aggregated relaxation could place at most {quality.lp_max_placeable} of the {len(specs)} jobs")
+        print(f"  our cost           {cny(quality.our_cost)}")
+        print(f"  LP lower bound     {cny(quality.lp_bound)}")
+        print(
+            f"  MIP optimum        {cny(quality.mip_cost)} (bound {cny(quality.mip_bound)}; "
+            f"{'proven optimal' if quality.proven else quality.mip_status})"
+        )
+        reference = "the proven optimum" if quality.proven else "the best lower bound"
+        print(f"  ratio              {quality.ratio or float('nan'):.4f} (ours over {reference})")
+        print(f"  leases' own estimated cost: {cny(leased_cost)} (prices locked cycle by cycle)")
+        print(
+            f"  at most {quality.max_placeable} of the {len(specs):,} jobs could be placed even with capacity "
+            f"aggregated per pool (LP bound); we placed {quality.jobs_placed:,}; optimum {quality.seconds:.1f} s"
+        )
     close_connections()
 
     naive = None
@@ -1100,6 +1134,14 @@ def main(argv: list[str] | None = None) -> int:
         "jobs_per_s": round(jobs_per_s, 1),
         "overbooked": overbooked,
         "cost_ratio_vs_optimal": None if quality is None or quality.ratio is None else round(quality.ratio, 5),
+        "optimum_proven": None if quality is None else quality.proven,
+        "cost_ratio_vs_mip_incumbent": None
+        if quality is None or not quality.mip_cost
+        else round(quality.our_cost / quality.mip_cost, 5),
+        "our_cost": None if quality is None else round(quality.our_cost, 2),
+        "optimal_cost": None if quality is None or quality.mip_cost is None else round(quality.mip_cost, 2),
+        "lp_bound": None if quality is None or quality.lp_bound is None else round(quality.lp_bound, 2),
+        "max_placeable": None if quality is None else quality.max_placeable,
         "naive_seconds": None if naive is None else round(naive.extrapolated_seconds, 2),
         "naive_extrapolated": None if naive is None else not naive.complete,
         "naive_placed": None if naive is None else naive.placed,

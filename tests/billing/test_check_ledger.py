@@ -64,21 +64,17 @@ def books() -> Books:
     """A buyer who pays from a hold and a wallet, one who ends up owing, a
     zero-value sample, a closed hold and a settled period."""
     factories.market(pools=2, nodes=1)
-    rich, poor = factories.buyer(), factories.buyer()
+    rich, poor = factories.buyer(), factories.buyer(funds=Decimal("100.00"))
     opened = timezone.now() - timedelta(minutes=5)
     services.wallet_top_up(organisation=rich.organisation, amount=Decimal("50000.00"), reference="R", actor=rich)
     lease = _lease(rich)
-    poor_lease = _lease(poor)
-    services.wallet_top_up(
-        organisation=poor.organisation, amount=poor_lease.estimated_cost + Decimal("1.00"), reference="P", actor=poor
-    )
-    for each in (lease, poor_lease):
-        services.hold_for_lease(lease=each)
+    poor_lease = _lease(poor)  # its estimated cost is held when it is scheduled
     quarter = (lease.ncu_hours / 4).quantize(Decimal("0.0001"))
     for sequence in range(1, 4):
         _meter(lease, sequence, quarter)
     _meter(lease, 4, Decimal("0"))  # nothing used: settled without a charge
-    _meter(poor_lease, 1, poor_lease.ncu_hours * 2)
+    # 10.00 CNY more than the 100.00 the poor buyer paid in: owed.
+    _meter(poor_lease, 1, (Decimal("110.00") / poor_lease.unit_price).quantize(Decimal("0.0001")))
     assert charging.charge_pending(limit=100) == 5
     services.hold_close(lease=lease)
     settlement.settlement_close(start=opened, end=timezone.now())
@@ -195,6 +191,21 @@ def test_a_sample_marked_charged_without_a_charge(books):
     assert f"Usage sample {sample.pk} (lease {books.lease.pk}, sequence 10) is marked charged but has no charge" in (
         breaches()
     )
+
+
+def test_a_sample_too_cheap_after_the_volume_discount_may_have_no_charge():
+    provider = factories.provider()
+    pool = factories.pool(provider, factories.site(provider), node_count=1)
+    tiers = [{"from_ncu_hours": "0", "discount": "0.60"}]
+    factories.offer(provider, pool, price_rules={"volume_tiers": tiers})
+    lease = _lease(factories.buyer())
+    # Worth 0.015 at the locked price, 0.006 after 60% off: a fen at most, rounded to nothing or one.
+    cheap = _meter(lease, 1, (Decimal("0.015") / lease.unit_price).quantize(Decimal("0.0001")))
+    dear = _meter(lease, 2, (Decimal("0.030") / lease.unit_price).quantize(Decimal("0.0001")))
+    UsageSample.objects.filter(pk__in=[cheap.pk, dear.pk]).update(charged=True)
+    found = breaches()
+    assert f"Usage sample {cheap.pk} " not in found
+    assert f"Usage sample {dear.pk} (lease {lease.pk}, sequence 2) is marked charged but has no charge" in found
 
 
 def test_a_charge_whose_sample_is_not_marked_charged(books):

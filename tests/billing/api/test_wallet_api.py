@@ -18,6 +18,12 @@ WALLET = "/api/v1/wallet"
 TOP_UPS = "/api/v1/wallet/top-ups"
 
 
+@pytest.fixture
+def buyer(db):
+    """A buyer whose wallet starts empty."""
+    return factories.buyer(funds=Decimal(0))
+
+
 def top_up(client, amount: str, reference: str):
     return client.post(TOP_UPS, {"amount": amount, "reference": reference}, format="json")
 
@@ -49,7 +55,7 @@ def test_the_same_reference_with_another_amount_is_refused(buyer):
 
 
 def test_two_buyers_may_use_the_same_bank_reference(buyer):
-    other = factories.buyer()
+    other = factories.buyer(funds=Decimal(0))
     assert top_up(client_for(buyer), "5.00", "0001").status_code == 201
     assert top_up(client_for(other), "7.00", "0001").status_code == 201
     assert Decimal(client_for(other).get(WALLET).data["available"]) == Decimal("7.00")
@@ -82,33 +88,37 @@ def test_only_buyers_top_up_and_only_members_see_a_wallet(api, provider):
 def test_the_wallet_shows_escrow_usage_debt_and_what_each_movement_meant(buyer):
     provider_user, _ = factories.market(nodes=1)
     client = client_for(buyer)
+    assert top_up(client, "1000.00", "BANK-1").status_code == 201
     job = factories.submit(buyer)
     scheduler_services.cycle_run()
-    lease = Lease.objects.select_related("job", "pool__site").get(job=job)
-    assert top_up(client, str(lease.estimated_cost + Decimal("1.00")), "BANK-1").status_code == 201
-    services.hold_for_lease(lease=lease)
+    lease = Lease.objects.select_related("job", "pool__site").get(job=job)  # its estimated cost is held
     wallet = client.get(WALLET).data
-    assert Decimal(wallet["available"]) == Decimal("1.00")
-    assert Decimal(wallet["held"]) == lease.estimated_cost
+    assert Decimal(wallet["held"]) == lease.estimated_cost > 0
+    assert Decimal(wallet["available"]) == Decimal("1000.00") - lease.estimated_cost
 
-    # Twice the estimate: the hold pays half, the wallet 1.00, the rest is owed.
-    services.usage_record(lease=lease, sequence=1, start=lease.start, end=lease.end, ncu_hours=lease.ncu_hours * 2)
+    # Usage worth 10.00 more than was paid in: the hold pays first, then the wallet, the rest is owed.
+    ncu_hours = (Decimal("1010.00") / lease.unit_price).quantize(Decimal("0.0001"))
+    services.usage_record(lease=lease, sequence=1, start=lease.start, end=lease.end, ncu_hours=ncu_hours)
     charging.charge_pending()
     wallet = client.get(WALLET).data
     history = wallet["history"]["results"]
     assert [item["kind"] for item in history] == ["capture", "hold", "top_up"]
     capture = history[0]
-    owed = Decimal(wallet["owed"])
-    assert owed > 0 and Decimal(wallet["available"]) == 0 and Decimal(wallet["held"]) == 0
+    assert Decimal(wallet["owed"]) == Decimal("10.00")
+    assert Decimal(wallet["available"]) == 0 and Decimal(wallet["held"]) == 0
     # Only the buyer's own accounts: the provider's share and the commission are not shown.
-    assert amounts(capture) == {"held": -lease.estimated_cost, "available": Decimal("-1.00"), "debt": -owed}
+    assert amounts(capture) == {
+        "held": -lease.estimated_cost,
+        "available": lease.estimated_cost - Decimal("1000.00"),
+        "debt": Decimal("-10.00"),
+    }
     assert "usage charged" in capture["meaning"].lower()
     assert "escrow" in history[1]["meaning"]
 
-    assert top_up(client, "100000.00", "BANK-2").status_code == 201
+    assert top_up(client, "100.00", "BANK-2").status_code == 201
     wallet = client.get(WALLET).data
     assert Decimal(wallet["owed"]) == 0
-    assert Decimal(wallet["available"]) == Decimal("100000.00") - owed
+    assert Decimal(wallet["available"]) == Decimal("90.00")
     assert [item["kind"] for item in wallet["history"]["results"][:2]] == ["debt_repayment", "top_up"]
 
     provider_wallet = client_for(provider_user).get(WALLET).data
@@ -121,7 +131,7 @@ def test_the_history_is_paged_newest_first_and_shows_only_your_organisation(buye
     client = client_for(buyer)
     for n in range(5):
         top_up(client, f"{n + 1}.00", f"R{n}")
-    top_up(client_for(factories.buyer()), "999.00", "theirs")
+    top_up(client_for(factories.buyer(funds=Decimal(0))), "999.00", "theirs")
     page = client.get(WALLET, {"limit": 2, "offset": 1}).data["history"]
     assert page["count"] == 5 and page["limit"] == 2 and page["offset"] == 1
     assert [amounts(item)["available"] for item in page["results"]] == [Decimal("4.00"), Decimal("3.00")]

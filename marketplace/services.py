@@ -3,7 +3,9 @@ every state change audited. Views and admin call these; nothing else writes."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.password_validation import validate_password
@@ -33,6 +35,41 @@ from marketplace.models import (
     User,
     VerificationStatus,
 )
+
+CATALOGUE_FILE = Path(__file__).resolve().parent / "fixtures" / "device_catalogue.json"
+
+
+def device_catalogue_ensure() -> int:
+    """Load the device catalogue if its table is empty (a flushed database);
+    the data migration loads it on a fresh one. Returns how many were loaded."""
+    if DeviceModel.objects.exists():
+        return 0
+    entries = json.loads(CATALOGUE_FILE.read_text(encoding="utf-8"))
+    DeviceModel.objects.bulk_create(
+        [
+            DeviceModel(
+                code=e["code"],
+                name=e["name"],
+                vendor=e["vendor"],
+                kind=e["kind"],
+                architecture=e["architecture"] or "",
+                domestic=e["domestic"],
+                software_stack=e["software_stack"],
+                fp64_tflops=Decimal(e["fp64_tflops"]),
+                fp32_tflops=Decimal(e["fp32_tflops"]),
+                fp16_tflops=Decimal(e["fp16_tflops"]),
+                int8_tops=Decimal(e["int8_tops"]),
+                memory_gb=None if e["memory_gb"] is None else Decimal(str(e["memory_gb"])),
+                power_w=int(e["power_w"]),
+                cores=int(e["cores"]),
+                source=e["source"],
+            )
+            for e in entries
+        ],
+        ignore_conflicts=True,
+    )
+    return len(entries)
+
 
 VERIFICATION_TRANSITIONS: dict[str, set[str]] = {
     VerificationStatus.PENDING: {VerificationStatus.VERIFIED, VerificationStatus.REJECTED},

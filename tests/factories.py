@@ -86,6 +86,7 @@ def device(code: str) -> DeviceModel:
 
 
 def pool(user: User, site_: Site, **overrides) -> ResourcePool:
+    services.device_catalogue_ensure()  # a transactional test before this one may have flushed it
     values = {
         "name": "H800 training pool",
         "node_count": 4,

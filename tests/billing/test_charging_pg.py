@@ -17,6 +17,7 @@ from django.db.models import Sum
 from billing import charging, checks, services
 from billing.domain.money import to_fen
 from billing.models import Charge, Posting, UsageSample
+from core.models import Notice
 from scheduler import services as scheduler_services
 from scheduler.models import Lease
 from tests import factories
@@ -105,6 +106,7 @@ def test_four_workers_charge_thousands_of_samples_exactly_once_and_the_money_add
         # 500 samples of 1/400 of the estimate each: 125% of the hold, the rest from the wallet.
         meter(lease, 500, ncu_hours=(lease.ncu_hours / 400).quantize(Decimal("0.0001")))
     for lease in poor_leases:
+        scheduler_services.lease_transition(lease=lease, to="running", actor=None)
         # 10.00 CNY more than the poor buyer paid in, over 1,000 samples: the last ones are owed.
         per_sample = (Decimal("210.00") / 1000 / lease.unit_price).quantize(Decimal("0.0001"))
         meter(lease, 500, ncu_hours=per_sample)
@@ -136,6 +138,10 @@ def test_four_workers_charge_thousands_of_samples_exactly_once_and_the_money_add
     assert balance(poor.organisation_id, "debt") < 0
     suspended = {lease for run in runs for lease in run.suspended_leases}
     assert suspended <= {lease.pk for lease in poor_leases} and suspended
+    # Usage nobody pays for stops: those leases are suspended and the buyer is told.
+    assert set(Lease.objects.filter(status="suspended").values_list("pk", flat=True)) == suspended
+    notices = Notice.objects.filter(organisation_id=poor.organisation_id, kind="lease.suspended")
+    assert notices.count() == len(suspended)
 
 
 def test_a_usage_batch_delivered_three_times_is_charged_once():

@@ -431,7 +431,7 @@ def run_together(target, count: int) -> list:
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_operators_approving_at_once_pay_the_provider_once():
     provider, _buyer, _ = charged_leases(2)
     close_until_now()
@@ -448,7 +448,7 @@ def test_operators_approving_at_once_pay_the_provider_once():
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_workers_closing_one_period_at_once_settle_every_charge_once():
     provider, buyer, _ = charged_leases(3)
     start, end = timezone.now() - timedelta(hours=1), timezone.now()

@@ -26,7 +26,7 @@ from scheduler.management.commands.check_capacity import audit_capacity
 from scheduler.models import HOLDING_LEASE_STATES, Job, Lease
 from tests import factories
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 WORKERS = 4
 CLAIM = 75  # jobs each worker claims per cycle: together the whole queue

@@ -99,6 +99,7 @@ class Command(BaseCommand):
 
     def _load(self) -> dict[str, int]:
         rng = random.Random(SEED)
+        services.device_catalogue_ensure()
         devices = {d.code: d for d in DeviceModel.objects.all()}
         operator_org = Organisation.objects.create(
             name="National Compute Exchange Operations Centre",

@@ -19,7 +19,7 @@ from tests import factories
 from tests.vouchers import helpers
 from vouchers.models import ChargeSubsidy
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 CHARGES = 100
 THREADS = 25  # each on its own connection: PostgreSQL allows 100 in all

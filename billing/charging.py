@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class ChargeRun:
     """What one batch did. ``samples`` counts the usage samples settled (a
-    sample worth less than half a fen is settled without a charge);
+    sample too small to cost a fen is settled without a charge);
     ``suspended_leases`` are leases whose usage neither the hold nor the
-    buyer's wallet could cover (the rest was recorded as debt): the scheduler
-    should suspend them. ``failed`` lists samples refused with the reason;
-    they stay uncharged and are retried by the next batch."""
+    buyer's wallet could cover (the rest was recorded as debt); running ones
+    were suspended (``scheduler.execution.lease_suspend``). ``failed`` lists
+    samples refused with the reason; they stay uncharged and are retried by
+    the next batch."""
 
     samples: int = 0
     charges: int = 0
@@ -113,12 +114,25 @@ def charge_batch(*, limit: int = 500) -> ChargeRun:
         if outcome.charge is not None:
             run.charges += 1
             run.gross += outcome.charge.gross
-        if outcome.suspended and lease_id not in suspended:
+        if outcome.suspended and outcome.charge is not None and lease_id not in suspended:
             suspended.add(lease_id)
             run.suspended_leases.append(lease_id)
-    if run.suspended_leases:
-        log.warning("usage beyond what the buyer has: suspend leases %s", run.suspended_leases)
+            _suspend(lease_id, owed=outcome.charge.owed)
     return run
+
+
+def _suspend(lease_id: int, *, owed: Decimal) -> None:
+    """The lease's usage is no longer paid for: suspend it (a lease that is
+    not running, or that another worker suspended first, stays as it is).
+    Its own transaction, after the charge's: a failure here loses no charge."""
+    from scheduler.execution import lease_suspend
+    from scheduler.models import Lease
+
+    log.warning("lease %s: %s CNY of usage is not covered by the hold or the wallet", lease_id, owed)
+    try:
+        lease_suspend(lease=Lease.objects.select_related("pool__site").get(pk=lease_id), owed=owed)
+    except ApplicationError as error:  # e.g. another worker suspended it meanwhile
+        log.info("lease %s was not suspended: %s", lease_id, error.detail)
 
 
 def charge_pending(*, limit: int = 500) -> int:

@@ -488,10 +488,11 @@ def make_market(*, pools: int, jobs: int, seed: int, now: datetime) -> Setup:
 def _worker(index: int, url: str, limit: int, workers: int, split: str, ready: Any, go: Any, results: Any) -> None:
     """One scheduling worker: cycles until nothing it can claim can be placed.
 
-    ``split="shard"``: the worker's first cycle matches its claim (the oldest ``limit`` queued jobs not locked by
-    another worker) against offer shard ``index`` (offer id mod workers), so the workers' big first batches never
-    propose the same capacity and nothing is refused at commit. Later cycles see the whole market (and write every
-    pending job's reason). ``split="none"``: every cycle sees the whole market.
+    ``split="shard"``: the worker's first cycle is ``cycle_run(shard=(index, workers))``: it claims the queued jobs of
+    buyers whose id is ``index`` mod workers and matches them against the offers whose id is ``index`` mod workers,
+    so the workers' big first batches never propose the same capacity (nothing is refused at commit) and never wait
+    for each other's buyers' wallet locks. Later cycles see the whole market (and write every pending job's reason).
+    ``split="none"``: every cycle sees the whole market, each claiming up to ``limit`` jobs.
 
     A whole-market cycle with nothing refused at commit and nothing preempted has tried every job it claimed against
     every offer with what is committed; in this bench no lease ends, so free capacity only shrinks and those jobs
@@ -993,7 +994,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pools", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--limit", type=int, default=0, help="jobs claimed per cycle (default: jobs / workers)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="jobs claimed per cycle (default: all; jobs/workers with --split none)"
+    )
     parser.add_argument(
         "--split",
         choices=["shard", "none"],
@@ -1013,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
         print("This bench needs PostgreSQL (SKIP LOCKED, several workers): set DATABASE_URL=postgres://…")
         return 2
     bench_url = _with_database(url, BENCH_DB)
-    limit = args.limit or math.ceil(args.jobs / args.workers)
+    limit = args.limit or (args.jobs if args.split == "shard" else math.ceil(args.jobs / args.workers))
 
     print(f"Scheduler throughput bench: {args.jobs:,} jobs, {args.pools:,} pools, {args.workers} workers")
     print(f"database server {urlsplit(url).hostname}:{urlsplit(url).port}, bench database {BENCH_DB}")

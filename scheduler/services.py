@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Q, Sum
+from django.db.models.functions import Mod
 from django.utils import timezone
 
 from billing import services as billing
@@ -402,11 +403,13 @@ def cycle_run(
     is one transaction, so a worker killed mid-cycle leaves no half-made
     lease and its jobs stay queued.
 
-    ``shard=(index, count)`` matches the claimed jobs against the offers whose
-    id is ``index`` modulo ``count`` only, so workers given different shards
-    never propose the same capacity (none of their placements is refused at
-    commit); a job left pending stays queued for a cycle on another shard,
-    and its pending reason is left as the last whole-market cycle wrote it."""
+    ``shard=(index, count)`` claims only jobs of buyers whose id is ``index``
+    modulo ``count`` and matches them against the offers whose id is
+    ``index`` modulo ``count``: workers given different shards never propose
+    the same capacity (none of their placements is refused at commit) nor
+    wait for each other's buyers' wallets. A job left pending stays queued
+    for a later cycle (of the whole market, or another shard), and its
+    pending reason is left as the last whole-market cycle wrote it."""
     started = timezone.now()
     now = now or started
     report = CycleReport()
@@ -414,6 +417,8 @@ def cycle_run(
         claimed = Job.objects.select_for_update(skip_locked=True).filter(status=JobStatus.QUEUED)
         if hub:
             claimed = claimed.filter(_hub_shard_q(hub))
+        if shard is not None:
+            claimed = claimed.alias(buyer_shard=Mod("buyer_id", shard[1])).filter(buyer_shard=shard[0])
         jobs = list(claimed.order_by("queued_at", "id")[:limit])
         report.queued = len(jobs)
         if not jobs:

@@ -6,10 +6,11 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, status
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import ApplicationError
+from core.errors import ApplicationError, InvalidInput
 
 
 def _first_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
@@ -53,3 +54,18 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         code = codes if isinstance(codes, str) else "error"
         response.data = {"code": code, "detail": str(exc.detail), "field": None}
     return response
+
+
+def paginate(request: Request, queryset: Any, serializer_class: Any, context: dict | None = None) -> Response:
+    """Limit/offset pagination for views that are not generic: ``{"count", "results"}``
+    (``?limit=`` 1..500, default 50; ``?offset=``)."""
+    try:
+        limit = min(int(request.query_params.get("limit", 50)), 500)
+        offset = max(int(request.query_params.get("offset", 0)), 0)
+    except ValueError:
+        raise InvalidInput("limit and offset are whole numbers", field="limit") from None
+    if limit < 1:
+        raise InvalidInput("limit is at least 1", field="limit")
+    total = queryset.count()
+    items = queryset[offset : offset + limit]
+    return Response({"count": total, "results": serializer_class(items, many=True, context=context or {}).data})

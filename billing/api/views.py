@@ -17,23 +17,12 @@ from rest_framework.views import APIView
 
 from billing import exports, settlement
 from billing.models import SettlementPeriod, SettlementStatement, StatementLine, StatementRole, StatementStatus
+from core.api import paginate
 from core.errors import InvalidInput
 from core.models import AuditEntry
 from core.permissions import IsMember, IsOperator
 
 MONEY = {"max_digits": 18, "decimal_places": 2}
-
-
-def _page(request: Request, queryset, serializer_class) -> Response:
-    """Limit/offset pagination without a generic view."""
-    try:
-        limit = min(int(request.query_params.get("limit", 50)), 500)
-        offset = max(int(request.query_params.get("offset", 0)), 0)
-    except ValueError:
-        raise InvalidInput("limit and offset are whole numbers", field="limit") from None
-    total = queryset.count()
-    items = queryset[offset : offset + limit]
-    return Response({"count": total, "results": serializer_class(items, many=True).data})
 
 
 class StatementLineOutput(serializers.ModelSerializer):
@@ -138,7 +127,7 @@ class StatementListView(APIView):
             if not period.isdigit():
                 raise InvalidInput("period is a settlement period's id", field="period")
             statements = statements.filter(period_id=int(period))
-        return _page(request, statements, StatementOutput)
+        return paginate(request, statements, StatementOutput)
 
 
 class StatementDetailView(APIView):

@@ -14,24 +14,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import paginate
 from core.errors import InvalidInput
 from core.permissions import IsBuyer, IsMember, IsProvider
 from marketplace.models import CITY_CHOICES, HUB_CHOICES, STACK_CHOICES, ResourcePool
 from scheduler import selectors, services
 from scheduler.models import Job, Lease, Objective, Offer, Precision, PricingType
-
-
-def _page(request: Request, queryset, serializer_class) -> Response:
-    """Limit/offset pagination without a generic view."""
-    try:
-        limit = min(int(request.query_params.get("limit", 50)), 500)
-        offset = max(int(request.query_params.get("offset", 0)), 0)
-    except ValueError:
-        raise InvalidInput("limit and offset are whole numbers", field="limit") from None
-    total = queryset.count()
-    items = queryset[offset : offset + limit]
-    return Response({"count": total, "results": serializer_class(items, many=True).data})
-
 
 # --- offers ----------------------------------------------------------------------------------------------------------
 
@@ -106,7 +94,7 @@ class OfferListView(APIView):
         ):
             if request.query_params.get(param):
                 offers = offers.filter(**{lookup: request.query_params[param]})
-        return _page(request, offers, OfferOutput)
+        return paginate(request, offers, OfferOutput)
 
     @extend_schema(request=InputSerializer, responses={201: OfferOutput})
     def post(self, request: Request) -> Response:
@@ -307,7 +295,7 @@ class JobListView(APIView):
         jobs = selectors.jobs_visible_to(request.user).prefetch_related("leases__pool").order_by("-id")
         if request.query_params.get("status"):
             jobs = jobs.filter(status=request.query_params["status"])
-        return _page(request, jobs, JobOutput)
+        return paginate(request, jobs, JobOutput)
 
     @extend_schema(request=JobInput, responses={201: JobOutput})
     def post(self, request: Request) -> Response:
@@ -357,7 +345,7 @@ class LeaseListView(APIView):
         leases = selectors.leases_visible_to(request.user).order_by("-id")
         if request.query_params.get("status"):
             leases = leases.filter(status=request.query_params["status"])
-        return _page(request, leases, LeaseOutput)
+        return paginate(request, leases, LeaseOutput)
 
 
 class QuoteView(APIView):

@@ -3,15 +3,11 @@ charged exactly once and the money adds up to the fen."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from django.db.models import Sum
 
 from billing import charging, checks, services
@@ -21,6 +17,7 @@ from core.models import Notice
 from scheduler import services as scheduler_services
 from scheduler.models import Lease
 from tests import factories
+from tests.concurrency import run_together
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -29,33 +26,6 @@ WORKERS = 4
 
 def balance(org_id: int, kind: str) -> Decimal:
     return services.balance(services.account_code(org_id, kind))
-
-
-def run_together(target: Callable[[int], Any], count: int) -> list[Any]:
-    """Run ``target(i)`` in ``count`` threads that start at the same moment,
-    each on its own database connection; their results, or the first error."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = target(i)
-        except BaseException as error:  # reported to the test below
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    assert not any(thread.is_alive() for thread in threads), "a worker did not finish"
-    if errors:
-        raise errors[0]
-    return results
 
 
 def drain(_: int) -> charging.ChargeRun:

@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.models import Charge
+from core.api import paginate
 from core.errors import InvalidInput
 from core.permissions import IsBuyer, IsMember, IsOperator
 from marketplace.domain.geography import CITIES
@@ -48,20 +49,6 @@ MONEY = {"max_digits": 18, "decimal_places": 2}
 CLASS_CHOICES = ResourcePool._meta.get_field("compute_class").choices
 CLASS_VALUES = frozenset(c.value for c in ComputeClass)
 REGION_CHOICES = sorted({(city.region, city.region) for city in CITIES.values()})
-
-
-def _page(request: Request, queryset, serializer_class, context: dict | None = None) -> Response:
-    """Limit/offset pagination: ``{"count", "results"}``."""
-    try:
-        limit = min(int(request.query_params.get("limit", 50)), 500)
-        offset = max(int(request.query_params.get("offset", 0)), 0)
-    except ValueError:
-        raise InvalidInput("limit and offset are whole numbers", field="limit") from None
-    if limit < 1:
-        raise InvalidInput("limit is at least 1", field="limit")
-    total = queryset.count()
-    items = queryset[offset : offset + limit]
-    return Response({"count": total, "results": serializer_class(items, many=True, context=context or {}).data})
 
 
 def _is_operator(request: Request) -> bool:
@@ -225,7 +212,7 @@ class ProgrammeListView(APIView):
         if _is_operator(request) and request.query_params.get("status"):
             programmes = programmes.filter(status=request.query_params["status"])
         budgets = selectors.budgets_available(programmes.values_list("pk", flat=True))
-        return _page(request, programmes, ProgrammeOutput, context={"budgets": budgets})
+        return paginate(request, programmes, ProgrammeOutput, context={"budgets": budgets})
 
     @extend_schema(request=InputSerializer, responses={201: ProgrammeOutput})
     def post(self, request: Request) -> Response:
@@ -472,7 +459,7 @@ class ApplicationListView(APIView):
         for param in ("status", "programme"):
             if request.query_params.get(param):
                 applications = applications.filter(**{param: request.query_params[param]})
-        return _page(request, applications, ApplicationOutput)
+        return paginate(request, applications, ApplicationOutput)
 
     @extend_schema(request=InputSerializer, responses={201: ApplicationOutput})
     def post(self, request: Request) -> Response:
@@ -642,7 +629,7 @@ class VoucherListView(APIView):
         for param in ("status", "programme"):
             if request.query_params.get(param):
                 vouchers = vouchers.filter(**{param: request.query_params[param]})
-        return _page(request, vouchers, VoucherOutput)
+        return paginate(request, vouchers, VoucherOutput)
 
 
 class VoucherDetailView(APIView):
@@ -808,7 +795,7 @@ class StatementListView(APIView):
         for param in ("status", "programme"):
             if request.query_params.get(param):
                 found = found.filter(**{param: request.query_params[param]})
-        return _page(request, found, StatementOutput)
+        return paginate(request, found, StatementOutput)
 
 
 class EvidenceParty(serializers.Serializer):
@@ -991,7 +978,7 @@ class RelationListView(APIView):
 
     @extend_schema(responses=RelationOutput(many=True))
     def get(self, request: Request) -> Response:
-        return _page(request, selectors.relations_visible_to(request.user).order_by("id"), RelationOutput)
+        return paginate(request, selectors.relations_visible_to(request.user).order_by("id"), RelationOutput)
 
     @extend_schema(request=InputSerializer, responses={201: RelationOutput})
     def post(self, request: Request) -> Response:

@@ -3,19 +3,16 @@ overdrawn by one fen, and every charge is funded exactly."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import pytest
-from django.db import connection
 from django.db.models import Sum
 
 from billing import charging
 from billing import services as billing
 from billing.models import Account, Charge
 from tests import factories
+from tests.concurrency import run_together
 from tests.vouchers import helpers
 from vouchers.models import ChargeSubsidy
 
@@ -24,31 +21,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 CHARGES = 100
 THREADS = 25  # each on its own connection: PostgreSQL allows 100 in all
 D = Decimal
-
-
-def run_together(target: Callable[[int], Any], count: int) -> list[Any]:
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait(timeout=60)
-            results[i] = target(i)
-        except BaseException as error:  # reported to the test below
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
-    assert not any(thread.is_alive() for thread in threads), "a worker did not finish"
-    if errors:
-        raise errors[0]
-    return results
 
 
 @pytest.fixture

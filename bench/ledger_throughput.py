@@ -14,7 +14,10 @@ and one real charge per lease).
    transactions through ``billing.services.post`` with distinct idempotency
    keys: a usage capture paid from a buyer's wallet, three postings (buyer
    available → provider payable + platform commission). Then every key is
-   posted again: each retry must return the first row and move nothing. For
+   posted again: each retry must return the first row and move nothing.
+   Every capture credits the one platform commission account, whose row
+   lock the processes take in turn; the same processes posting transfers
+   between accounts of their own show what that lock costs. For
    comparison, the same workload through a prototype of a single-statement
    ``post`` (one round trip; see :data:`ONE_STATEMENT_POST`), which the app
    does not use.
@@ -250,17 +253,37 @@ def _drafts(worker: int, count: int, pairs: list[tuple[str, str]], prefix: str) 
     return drafts
 
 
+def _disputes(worker: int, count: int, pairs: list[tuple[str, str]], prefix: str) -> list[Any]:
+    """``count`` two-posting transfers between accounts of the worker's own
+    providers (a cent of payable held back under dispute): no account is
+    shared with another worker."""
+    from billing.domain import ledger
+
+    payables = sorted({payable for _available, payable in pairs})
+    return [
+        ledger.transfer(
+            kind=ledger.TransactionKind.DISPUTE,
+            source=payables[i % len(payables)],
+            destination=payables[i % len(payables)].replace(":payable", ":disputed"),
+            amount=Decimal("0.01"),
+            reference=f"{prefix}:{worker}:{i}",
+            memo="Benchmark: a cent held back.",
+        )
+        for i in range(count)
+    ]
+
+
 def _post_worker(
     url: str, worker: int, count: int, pairs: list[tuple[str, str]], mode: str, prefix: str, barrier, out
 ) -> None:
-    """One process: post its drafts (``mode``: "services", "one-statement" or "batch"), report timings."""
+    """One process: post its drafts (``mode``: "services", "disjoint", "one-statement" or "batch"), report timings."""
     setup_django(url)
     from django.db import connection
 
     from billing import services
     from billing.models import Account
 
-    drafts = _drafts(worker, count, pairs, prefix)
+    drafts = _disputes(worker, count, pairs, prefix) if mode == "disjoint" else _drafts(worker, count, pairs, prefix)
     ids = dict(Account.objects.values_list("code", "id"))
     connection.ensure_connection()
     barrier.wait()
@@ -309,8 +332,16 @@ def run_posting(
     context = mp.get_context("spawn")
     barrier = context.Barrier(processes)
     out = context.Queue()
+    providers = sorted({payable for _available, payable in pairs})
+
+    def share(worker: int) -> list[tuple[str, str]]:
+        if mode != "disjoint":
+            return pairs
+        mine = set(providers[worker::processes])
+        return [pair for pair in pairs if pair[1] in mine]
+
     workers = [
-        context.Process(target=_post_worker, args=(url, w, count, pairs, mode, prefix, barrier, out))
+        context.Process(target=_post_worker, args=(url, w, count, share(w), mode, prefix, barrier, out))
         for w in range(processes)
     ]
     for worker in workers:
@@ -590,6 +621,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
     before = ledger_fingerprint()
     replay = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="services", prefix="bench")
     after = ledger_fingerprint()
+    disjoint = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="disjoint", prefix="apart")
     one = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="one-statement", prefix="one")
     batch = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="batch", prefix="batch")
     batch_again = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="batch", prefix="batch")
@@ -598,6 +630,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
         ("services.post", single),
         ("services.post", current),
         ("services.post, same keys again", replay),
+        ("services.post, no shared account", disjoint),
         ("prototype: one statement", one),
         (f"prototype: batches of {BATCH}", batch),
         (f"prototype: batches of {BATCH}, again", batch_again),
@@ -655,6 +688,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
         "transactions_per_s": round(current["transactions_per_s"]),
         "posting_processes": args.processes,
         "postings_per_s_one_process": round(single["postings_per_s"]),
+        "postings_per_s_no_shared_account": round(disjoint["postings_per_s"]),
         "statements_per_post": statements,
         "replayed_transactions": replay["transactions"],
         "replay_created": replay["created"],

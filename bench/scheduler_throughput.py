@@ -806,6 +806,73 @@ def solve_assignment(
     return Solution(status=str(res.message), value=value, bound=None if bound is None else float(bound))
 
 
+def solve_mip_from(
+    pairs: list[Pair], facts: list[Any], *, placed: set[int], start: dict[int, int], time_limit: float
+) -> Solution:
+    """The same min-cost problem as :func:`solve_assignment` with binary x, solved with highspy and started from
+    our own assignment (``start``: job → pool), so HiGHS always has an incumbent no dearer than ours and improves
+    it within ``time_limit``. Returns the best assignment's cost and HiGHS's proven lower bound."""
+    import highspy
+    import numpy as np
+    from scipy.sparse import coo_matrix
+
+    pairs = [p for p in pairs if p.job in placed]
+    m = len(pairs)
+    job_row = {j: r for r, j in enumerate(sorted({p.job for p in pairs}))}
+    pools = sorted({p.pool for p in pairs})
+    pool_row = {i: len(job_row) + 3 * r for r, i in enumerate(pools)}
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for c, p in enumerate(pairs):
+        rows.append(job_row[p.job])
+        cols.append(c)
+        vals.append(1.0)
+        for offset, value in ((0, p.thousandths), (1, p.cpu_milli), (2, p.memory_mib)):
+            if value:
+                rows.append(pool_row[p.pool] + offset)
+                cols.append(c)
+                vals.append(float(value))
+    lo = [1.0] * len(job_row)
+    hi = [1.0] * len(job_row)
+    for i in pools:
+        f = facts[i]
+        lo += [-highspy.kHighsInf] * 3
+        hi += [
+            float(f.nodes_offered * f.node_shape.accelerators * 1000),
+            float(f.nodes_offered * f.node_shape.cpu_milli),
+            float(f.nodes_offered * f.node_shape.memory_mib),
+        ]
+    a = coo_matrix((vals, (rows, cols)), shape=(len(lo), m)).tocsc()
+    lp = highspy.HighsLp()
+    lp.num_col_ = m
+    lp.num_row_ = len(lo)
+    lp.col_cost_ = np.array([p.cost for p in pairs])
+    lp.col_lower_ = np.zeros(m)
+    lp.col_upper_ = np.ones(m)
+    lp.row_lower_ = np.array(lo)
+    lp.row_upper_ = np.array(hi)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = a.indptr
+    lp.a_matrix_.index_ = a.indices
+    lp.a_matrix_.value_ = a.data
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * m
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_rel_gap", 1e-6)
+    h.passModel(lp)
+    solution = highspy.HighsSolution()
+    solution.col_value = [1.0 if start.get(p.job) == p.pool else 0.0 for p in pairs]
+    solution.value_valid = True
+    h.setSolution(solution)
+    h.run()
+    info = h.getInfo()
+    status = h.modelStatusToString(h.getModelStatus())
+    value = float(info.objective_function_value) if info.primal_solution_status else None
+    return Solution(status=status, value=value, bound=float(info.mip_dual_bound))
+
+
 def optimum(*, now: datetime, k: int, time_limit: float, pool_offers: list[Any], specs: list[Any]) -> Quality:
     """Our placement's cost against the optimum of the same problem.
 
@@ -815,7 +882,8 @@ def optimum(*, now: datetime, k: int, time_limit: float, pool_offers: list[Any],
     aggregated over its nodes (accelerator thousandths, CPU, memory): a relaxation of per-node packing, so the
     optimum is a lower bound on what any exact packing could reach. Candidates per job: its ``k`` cheapest
     feasible pools plus the pool we chose (so our placement is a feasible point). Objective: minimise total cost.
-    Solved twice with HiGHS: as an LP (a lower bound, fast) and as a MIP (binary x) within ``time_limit``."""
+    Solved with HiGHS as an LP (a lower bound, fast) and as a MIP (binary x) started from our assignment, within
+    ``time_limit``: the MIP's incumbent is an upper bound on the optimum, its dual bound a lower bound."""
     from scheduler.models import HOLDING_LEASE_STATES, Lease
 
     started = time.perf_counter()
@@ -832,7 +900,7 @@ def optimum(*, now: datetime, k: int, time_limit: float, pool_offers: list[Any],
     our_cost = sum(by_pair[(j, i)].cost for j, i in must.items())
     placed = set(must)
     lp = solve_assignment(pairs, facts, placed=placed, time_limit=time_limit, integral=False)
-    mip = solve_assignment(pairs, facts, placed=placed, time_limit=time_limit, integral=True)
+    mip = solve_mip_from(pairs, facts, placed=placed, start=must, time_limit=time_limit)
     most = solve_assignment(pairs, facts, placed=None, time_limit=time_limit, integral=False)
     return Quality(
         jobs_placed=len(placed),

@@ -165,6 +165,9 @@ def engine_inputs(
                 ncu=row["ncu"],
             )
         )
+    from scheduler.execution import reliability_scores  # execution imports the services, which import us
+
+    reliability = reliability_scores(sorted({o.pool.site.provider_id for o in offers}), now=now)
     pool_offers = []
     for key, offer in by_key.items():
         pool = offer.pool
@@ -195,6 +198,7 @@ def engine_inputs(
                 unit_power_w=_unit_power(pool),
                 domestic=bool(accelerator.domestic) if accelerator else pool.cpu_model.domestic,
                 provider_verified=site.provider.verification_status == VerificationStatus.VERIFIED,
+                provider_reliability=reliability.get(site.provider_id, Decimal(1)),
                 pue=site.pue,
                 green_share=site.green_share,
                 grid_carbon_kg_per_kwh=site.grid_factor,

@@ -217,17 +217,8 @@ def capture(
     share to ``provider_payable``, the commission to ``platform_commission``.
     A zero charge moves no money and is refused; skip it instead. A line of
     zero (no commission, or all commission) is left out."""
-    gross = _positive(charge.gross, "capture")
-    commission = as_decimal(charge.commission, "commission")
-    provider_share = as_decimal(charge.provider_share, "provider_share")
-    if commission < 0 or provider_share < 0 or commission + provider_share != gross:
-        raise LedgerError(
-            f"The charge does not split: commission {commission} + provider share {provider_share} "
-            f"is not the gross {gross}.",
-            field="charge",
-        )
     return capture_funded(
-        sources=((held, gross),),
+        sources=((held, _positive(charge.gross, "capture")),),
         provider_payable=provider_payable,
         platform_commission=platform_commission,
         charge=charge,

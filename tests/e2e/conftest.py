@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import connection
 
 BIN = Path(sys.executable).parent
-REDIS_DB = 7  # the broker database these tests own: flushed before and after
+REDIS_DB = int(os.environ.get("CX_E2E_REDIS_DB", "7"))  # the broker database these tests own: flushed before and after
 STARTUP_DEADLINE = 60  # seconds for a process to come up
 
 

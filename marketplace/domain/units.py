@@ -112,6 +112,12 @@ class PoolShape:
     accelerators_per_node: int
     benchmark_factor: Decimal = Decimal(1)
 
+    def __post_init__(self) -> None:
+        if self.node_count < 0 or self.cpu_cores_per_node < 0 or self.accelerators_per_node < 0:
+            raise ValueError("node, core and accelerator counts cannot be negative")
+        if self.benchmark_factor <= 0:
+            raise ValueError("a benchmark factor must be positive")
+
     @property
     def accelerated(self) -> bool:
         return self.accelerator is not None and self.accelerators_per_node > 0
@@ -204,6 +210,8 @@ def slice_ncu(shape: PoolShape, *, accelerator_thousandths: int = 0, cores: int 
 
 def ncu_hours(ncu: Decimal, seconds: Decimal | int) -> Decimal:
     """NCU-hours delivered by ``ncu`` units over ``seconds``, to four decimals."""
+    if ncu < 0 or seconds < 0:
+        raise ValueError("units and seconds cannot be negative")
     return quantise_units(ncu * Decimal(seconds) / 3600)
 
 

@@ -462,3 +462,25 @@ def test_a_supercomputing_pool_counts_fp64_so_an_fp64_poor_card_is_worth_little(
     ascend = PoolShape(ComputeClass.SUPER, 1, None, 0, catalogue_spec("huawei-ascend-910b"), 8)
     with pytest.raises(ValueError):
         price_per_ncu_hour(Decimal(100), ascend)
+
+
+@given(st.integers(min_value=-400 * 24 * 3600, max_value=-1))
+def test_negative_time_meters_nothing_and_says_so(negative: int) -> None:
+    with pytest.raises(ValueError, match="cannot be negative"):
+        ncu_hours(Decimal(1), negative)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        ncu_hours(Decimal(-1), 3600)
+
+
+def test_a_pool_shape_refuses_negative_counts_and_factors() -> None:
+    gpu = catalogue_spec("nvidia-h100-sxm5-80gb")
+    good = PoolShape(ComputeClass.INTELLIGENT, 1, None, 0, gpu, 8)
+    for bad in (
+        {"node_count": -1},
+        {"accelerators_per_node": -8},
+        {"cpu_cores_per_node": -2},
+        {"benchmark_factor": Decimal(0)},
+        {"benchmark_factor": Decimal("-0.5")},
+    ):
+        with pytest.raises(ValueError):
+            replace(good, **bad)

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--node", type=int, action="append", default=[], help="run only leases whose first node is N (repeatable)"
     )
+    parser.add_argument(
+        "--pool", action="append", default=[], help="run only leases on the pool with this identifier (repeatable)"
+    )
     parser.add_argument("--runtime", choices=["docker", "podman"], help="run jobs that name an image in a container")
     parser.add_argument(
         "--container-arg",
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grace_seconds=args.grace_seconds,
         progress_seconds=args.progress_seconds,
         nodes=frozenset(args.node),
+        pools=frozenset(pool.strip().upper() for pool in args.pool),
         runtime=args.runtime,
         container_args=tuple(args.container_arg),
     )

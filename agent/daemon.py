@@ -67,6 +67,7 @@ class AgentConfig:
     grace_seconds: float = 10.0
     progress_seconds: float = 2.0
     nodes: frozenset[int] = frozenset()  # run only leases whose first allocation is on one of these nodes
+    pools: frozenset[str] = frozenset()  # run only leases on these pools (identifiers)
     runtime: str | None = None  # "docker" or "podman": run jobs that name an image in a container
     container_args: tuple[str, ...] = ()  # extra `run` arguments; "{devices}" becomes CX_DEVICES
     request_timeout: float = 10.0
@@ -86,6 +87,7 @@ class Lease:
     status: str
     job_id: int
     job_name: str
+    pool: str
     image: str
     command: tuple[str, ...]
     start: datetime
@@ -109,6 +111,7 @@ class Lease:
             status=str(data["status"]),
             job_id=int(job["id"]),
             job_name=str(job.get("name", "")),
+            pool=str(data.get("pool") or ""),
             image=str(job.get("image") or ""),
             command=tuple(command),
             start=parse_instant(str(data["start"])),
@@ -252,6 +255,8 @@ class Agent:
                 lease = Lease.from_api(item)
             except (KeyError, TypeError, ValueError, ArithmeticError) as error:
                 log.error("ignoring a lease the agent cannot read (id %r): %s", _lease_id(item), error)
+                continue
+            if self.config.pools and lease.pool not in self.config.pools:
                 continue
             if self.config.nodes and _node_of(lease.head_allocation() or {}) not in self.config.nodes:
                 continue

@@ -110,7 +110,7 @@ AGENT_VISIBLE = (LeaseStatus.SCHEDULED, LeaseStatus.RUNNING, LeaseStatus.SUSPEND
 def agent_leases(agent: Agent) -> QuerySet[Lease]:
     return (
         Lease.objects.filter(pool__site__provider_id=agent.provider_id, status__in=AGENT_VISIBLE)
-        .select_related("job")
+        .select_related("job", "pool__site")
         .annotate(last_sequence=Coalesce(Max("usage_samples__sequence"), 0))
         .order_by("start", "id")
     )
@@ -120,7 +120,7 @@ def agent_leases_any(lease_id: int) -> Lease:
     """One lease with the agent view's annotations, whatever its state."""
     return (
         Lease.objects.filter(pk=lease_id)
-        .select_related("job")
+        .select_related("job", "pool__site")
         .annotate(last_sequence=Coalesce(Max("usage_samples__sequence"), 0))
         .get()
     )

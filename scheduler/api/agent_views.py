@@ -68,11 +68,25 @@ class AgentView(APIView):
 class AgentLeaseOutput(serializers.ModelSerializer):
     job = serializers.SerializerMethodField()
     devices = serializers.SerializerMethodField()
+    pool = serializers.CharField(source="pool.identifier", read_only=True, help_text="the pool the lease runs on")
+    site = serializers.CharField(source="pool.site.identifier", read_only=True, help_text="the pool's site")
     last_sequence = serializers.IntegerField(read_only=True, default=0)
 
     class Meta:
         model = Lease
-        fields = ("id", "status", "job", "start", "end", "allocations", "ncu", "devices", "last_sequence")
+        fields = (
+            "id",
+            "status",
+            "job",
+            "pool",
+            "site",
+            "start",
+            "end",
+            "allocations",
+            "ncu",
+            "devices",
+            "last_sequence",
+        )
 
     def get_job(self, lease: Lease) -> dict[str, Any]:
         job = lease.job

@@ -36,6 +36,7 @@ class FakeLease:
     status: str = "scheduled"
     job_id: int = 0
     image: str = ""
+    pool: str = "CX-JJJ-00001-001-0001-00"
     allocations: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[int, dict[str, Any]] = field(default_factory=dict)  # sequence -> body, recorded once
     last_sequence_floor: int = 0  # pretend earlier samples exist
@@ -50,6 +51,7 @@ class FakeLease:
                 "image": self.image,
                 "command": self.command,
             },
+            "pool": self.pool,
             "start": self.start.isoformat().replace("+00:00", "Z"),
             "end": self.end.isoformat().replace("+00:00", "Z"),
             "allocations": self.allocations,
@@ -95,6 +97,7 @@ class FakePlatform:
         status: str = "scheduled",
         allocations: list[dict[str, Any]] | None = None,
         image: str = "",
+        pool: str = "CX-JJJ-00001-001-0001-00",
     ) -> FakeLease:
         start = start or datetime.now(UTC) - timedelta(seconds=1)
         lease = FakeLease(
@@ -106,6 +109,7 @@ class FakePlatform:
             devices=devices,
             status=status,
             image=image,
+            pool=pool,
             allocations=allocations
             if allocations is not None
             else [{"node": 0, "devices": [0, 1], "milli": 1000, "cpu_milli": 8000, "memory_mib": 65536}],

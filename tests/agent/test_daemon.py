@@ -343,6 +343,17 @@ def test_only_leases_headed_on_the_agents_node_are_run(platform: FakePlatform, m
     assert platform.calls_to("ack", 82) == []
 
 
+def test_only_leases_on_the_agents_pools_are_run(platform: FakePlatform, make_agent) -> None:
+    platform.add_lease(83, python("print('mine')"), pool="CX-JJJ-00001-001-0001-00")
+    platform.add_lease(84, python("print('not mine')"), pool="CX-CDY-00002-001-0001-00")
+    agent = make_agent(pools=frozenset({"CX-JJJ-00001-001-0001-00"}))
+
+    AgentThread(agent, once=True).join()
+
+    assert platform.completions(83)
+    assert platform.calls_to("ack", 84) == []
+
+
 def _log(agent: Agent, lease_id: int) -> str:
     path = agent.config.state_dir / "leases" / str(lease_id) / "output.log"
     return path.read_text() if path.exists() else ""

@@ -66,6 +66,7 @@ def test_an_agent_runs_a_lease_from_start_to_success(django_capture_on_commit_ca
     assert [row["id"] for row in listed] == [lease.pk]
     assert listed[0]["job"]["command"] == ["python", "train.py"]
     assert listed[0]["devices"] == 8 and listed[0]["last_sequence"] == 0
+    assert listed[0]["pool"] == lease.pool.identifier and listed[0]["site"] == lease.pool.site.identifier
 
     assert agent.post(f"/api/v1/agent/leases/{lease.pk}/ack").data["status"] == "running"
     job.refresh_from_db()

@@ -13,9 +13,11 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Sum
 from django.utils import timezone
 from reportlab.lib import colors
@@ -24,6 +26,7 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from billing import settlement
@@ -34,6 +37,13 @@ PDF_LINES = 25
 PDF_HISTORY = 12
 LINE_COLUMNS = ("lease_id", "pool_identifier", "job_id", "samples", "ncu_hours", "gross", "commission", "net")
 CJK_FONT = "STSong-Light"  # one of the PDF standard Asian fonts: readers supply the glyphs, nothing is embedded
+# TrueType fonts with Chinese glyphs that are embedded (subset) when present, so
+# the statement shows the same names in every viewer. CX_PDF_CJK_FONT names one.
+SYSTEM_CJK_FONTS = (
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/arphic/uming.ttc",
+)
 
 
 def platform_name() -> str:
@@ -107,14 +117,28 @@ def statement_csv(statement: SettlementStatement) -> str:
 
 # --- PDF -------------------------------------------------------------------------------------------------------------
 
-_fonts_ready = False
+_registered: dict[str, str] = {}  # font file ("" for the standard font) -> registered name
 
 
-def _fonts() -> None:
-    global _fonts_ready
-    if not _fonts_ready:
-        pdfmetrics.registerFont(UnicodeCIDFont(CJK_FONT))
-        _fonts_ready = True
+def cjk_font() -> str:
+    """The registered font for text the Latin fonts lack: the TrueType font of
+    ``CX_PDF_CJK_FONT``, else the first of ``SYSTEM_CJK_FONTS`` on this machine
+    (both embedded), else the standard STSong-Light (not embedded). A configured
+    font that cannot be read is a configuration error, not a silent fallback."""
+    configured = getattr(settings, "CX_PDF_CJK_FONT", "")
+    path = configured or next((p for p in SYSTEM_CJK_FONTS if Path(p).is_file()), "")
+    if path not in _registered:
+        if not path:
+            pdfmetrics.registerFont(UnicodeCIDFont(CJK_FONT))
+            _registered[path] = CJK_FONT
+        else:
+            name = f"CX-CJK-{len(_registered)}"
+            try:
+                pdfmetrics.registerFont(TTFont(name, path, subfontIndex=0))
+            except (OSError, TTFError) as error:
+                raise ImproperlyConfigured(f"CX_PDF_CJK_FONT: cannot use {path}: {error}") from error
+            _registered[path] = name
+    return _registered[path]
 
 
 BODY = ParagraphStyle("body", fontName="Helvetica", fontSize=8.5, leading=11)
@@ -125,12 +149,12 @@ HEADING = ParagraphStyle("heading", parent=BODY, fontName="Helvetica-Bold", font
 
 def _p(text: object, style: ParagraphStyle = BODY) -> Paragraph:
     """A paragraph of plain text; text the Latin fonts lack (Chinese names) is set
-    in the standard Chinese font, which also has Latin letters."""
+    in the Chinese font (:func:`cjk_font`), which also has Latin letters."""
     value = str(text)
     try:
         value.encode("cp1252")  # what the standard Latin fonts can set
     except UnicodeEncodeError:
-        style = ParagraphStyle(f"{style.name}-cjk", parent=style, fontName=CJK_FONT)
+        style = ParagraphStyle(f"{style.name}-cjk", parent=style, fontName=cjk_font())
     return Paragraph(escape(value), style)
 
 
@@ -227,7 +251,6 @@ def statement_pdf(statement: SettlementStatement) -> bytes:
     the parties, the lines, the totals, the status and its approval and payout
     record. Page streams are left uncompressed (the document is small), so the
     statement number can be found in the bytes."""
-    _fonts()
     number = settlement.statement_number(statement)
     organisation = statement.organisation
     buffer = io.BytesIO()

@@ -234,6 +234,10 @@ CELERY_BEAT_SCHEDULE["close-redemption-statements"] = {
     "options": {"expires": 300},
 }
 # Platform commission (合作分成) by provider category; the default is 8%.
+# A TrueType font (.ttf/.ttc) with Chinese glyphs to embed in statement PDFs;
+# empty: a known system font if installed (fonts-wqy-microhei), else STSong-Light.
+CX_PDF_CJK_FONT = os.environ.get("CX_PDF_CJK_FONT", "")
+
 CX_COMMISSION_RATES: dict[str, str] = {"provider": os.environ.get("CX_COMMISSION_RATE", "0.08")}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

@@ -4,8 +4,11 @@ import csv
 import io
 import re
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+import reportlab
+from django.core.exceptions import ImproperlyConfigured
 
 from billing import exports, settlement
 from billing.domain.pricing import CST
@@ -85,4 +88,34 @@ def test_a_pdf_of_many_leases_stays_short_and_sets_chinese_names_in_a_chinese_fo
     pdf = exports.statement_pdf(provider_statement(provider))
     assert pages(pdf) <= 2
     assert b"5 more leases, listed in the CSV export" in pdf
+    assert b"/FontFile" in pdf or exports.CJK_FONT.encode() in pdf  # embedded, or the standard Chinese font
+
+
+def test_without_a_chinese_truetype_font_the_standard_chinese_font_is_named(monkeypatch, settings):
+    settings.CX_PDF_CJK_FONT = ""
+    monkeypatch.setattr(exports, "SYSTEM_CJK_FONTS", ())
+    provider, _buyer, _ = charged_leases(1)
+    Organisation.objects.filter(pk=provider.organisation.pk).update(name="贵州算力科技有限公司")
+    close_until_now()
+    pdf = exports.statement_pdf(provider_statement(provider))
     assert exports.CJK_FONT.encode() in pdf
+    assert b"/FontFile2" not in pdf
+
+
+def test_a_configured_truetype_font_is_embedded_in_the_statement(settings):
+    settings.CX_PDF_CJK_FONT = str(Path(reportlab.__file__).parent / "fonts" / "Vera.ttf")
+    provider, _buyer, _ = charged_leases(1)
+    Organisation.objects.filter(pk=provider.organisation.pk).update(name="Ünïcode 算力")
+    close_until_now()
+    pdf = exports.statement_pdf(provider_statement(provider))
+    assert b"/FontFile2" in pdf  # the font program travels with the document
+    assert exports.CJK_FONT.encode() not in pdf
+
+
+def test_a_configured_font_that_cannot_be_read_is_a_configuration_error(settings, tmp_path):
+    settings.CX_PDF_CJK_FONT = str(tmp_path / "missing.ttf")
+    provider, _buyer, _ = charged_leases(1)
+    Organisation.objects.filter(pk=provider.organisation.pk).update(name="贵州算力")
+    close_until_now()
+    with pytest.raises(ImproperlyConfigured, match="CX_PDF_CJK_FONT"):
+        exports.statement_pdf(provider_statement(provider))

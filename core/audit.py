@@ -65,7 +65,7 @@ def _entry(
         from_state=str(from_state),
         to_state=str(to_state),
         reason=str(reason),
-        data=chain.canonical_json(data or {}),
+        data=data or {},
     )
     entry.content_hash = _content_hash(entry)
     return entry
@@ -113,7 +113,19 @@ def audit_many(entries: list[dict[str, Any]], *, actor: Any | None = None) -> No
     rows = [_entry(actor=user, label=label, at=now, **entry) for entry in entries]
     with transaction.atomic():
         AuditEntry.objects.bulk_create(rows, batch_size=1000)
-        AuditPending.objects.bulk_create([AuditPending(entry_id=row.pk) for row in rows], batch_size=5000)
+        _pending([row.pk for row in rows])
+
+
+def _pending(entry_ids: list[int]) -> None:
+    """Put entries on the list awaiting their seal (one statement on PostgreSQL)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {AuditPending._meta.db_table} (entry_id) SELECT unnest(%s::bigint[])",
+                [entry_ids],
+            )
+    else:
+        AuditPending.objects.bulk_create([AuditPending(entry_id=i) for i in entry_ids], batch_size=5000)
 
 
 def audit_login(sender: Any, *, request: Any, user: Any, **kwargs: Any) -> None:
@@ -153,25 +165,24 @@ def _seal_batch(*, wait: bool, limit: int) -> int | None:
     with transaction.atomic():
         if not _lock(wait=wait):
             return None
-        pending = list(AuditPending.objects.order_by("entry_id").values_list("entry_id", flat=True)[:limit])
+        pending = list(AuditPending.objects.order_by("entry_id").values_list("entry_id", "entry__content_hash")[:limit])
         if not pending:
             return 0
         head = AuditSeal.objects.order_by("-sequence").values_list("sequence", "chain_hash").first()
         sequence, previous = head if head is not None else (0, chain.GENESIS)
-        hashes = dict(AuditEntry.objects.filter(pk__in=pending).values_list("pk", "content_hash"))
         now = timezone.now()
         seals = []
-        for entry_id in pending:
+        for entry_id, content_hash in pending:
             sequence += 1
             link = chain.chain_hash(
-                sequence=sequence, entry_id=entry_id, content_hash=hashes[entry_id], previous_hash=previous
+                sequence=sequence, entry_id=entry_id, content_hash=content_hash, previous_hash=previous
             )
             seals.append(
                 AuditSeal(sequence=sequence, entry_id=entry_id, previous_hash=previous, chain_hash=link, sealed_at=now)
             )
             previous = link
         AuditSeal.objects.bulk_create(seals, batch_size=5000)
-        AuditPending.objects.filter(entry_id__in=pending).delete()
+        AuditPending.objects.filter(entry_id__in=[entry_id for entry_id, _ in pending]).delete()
         return len(seals)
 
 

@@ -11,6 +11,7 @@ names every broken link, first to last.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ def canonical_json(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=256)  # a scheduling cycle stamps thousands of entries with one moment
 def _utc(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("audit entries are stamped with time-zone-aware UTC date-times")

@@ -232,3 +232,15 @@ def test_sign_ins_through_the_api_and_the_console_are_audited(operator, buyer, a
     ]
     assert signed_in[1].entity_type == "marketplace.user" and signed_in[1].entity_id == str(operator.pk)
     assert verify()[0] == 0
+
+
+def test_the_beat_seals_the_trail_every_few_seconds(settings, market_activity):
+    from core.tasks import seal_audit_trail
+
+    entry = settings.CELERY_BEAT_SCHEDULE["seal-audit-trail"]
+    assert entry["task"] == seal_audit_trail.name and entry["schedule"] <= 10
+    pending = AuditPending.objects.count()
+    assert pending > 0
+    assert seal_audit_trail.apply().get() == pending
+    assert not AuditPending.objects.exists()
+    assert AuditSeal.objects.count() == pending

@@ -244,3 +244,15 @@ def test_the_beat_seals_the_trail_every_few_seconds(settings, market_activity):
     assert seal_audit_trail.apply().get() == pending
     assert not AuditPending.objects.exists()
     assert AuditSeal.objects.count() == pending
+
+
+def test_operators_read_the_chain_in_the_console_and_nobody_changes_it(market_activity, operator):
+    audit_seal()
+    seal = AuditSeal.objects.first()
+    client = Client()
+    client.force_login(operator)
+    page = client.get("/admin/core/auditseal/")
+    assert page.status_code == 200 and seal.chain_hash in page.content.decode()
+    assert client.post(f"/admin/core/auditseal/{seal.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.post(f"/admin/core/auditseal/{seal.pk}/change/", {"chain_hash": "0" * 64}).status_code == 403
+    assert verify()[0] == 0

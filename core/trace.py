@@ -277,11 +277,12 @@ def _audit_events(
 
 
 def _is_decimal(text: str) -> bool:
+    """A money amount recorded in an entry's data (finite, within the ledger's 18 digits)."""
     try:
-        Decimal(text)
+        value = Decimal(text)
     except ArithmeticError:
         return False
-    return True
+    return value.is_finite() and abs(value) < Decimal(10) ** 16
 
 
 def _lease_of(entry: AuditEntry, by_entity: dict[str, dict[str, int]]) -> int | None:

@@ -52,6 +52,7 @@ class NoticeReadView(APIView):
 # --- a job's trace ---------------------------------------------------------------------------------------------------
 
 MONEY = {"max_digits": 18, "decimal_places": 2}
+SUMS = {"max_digits": 24, "decimal_places": 2}  # totals over many charges
 
 
 class TraceJobOutput(serializers.ModelSerializer):
@@ -80,9 +81,9 @@ class TraceJobOutput(serializers.ModelSerializer):
 class TraceUsageOutput(serializers.Serializer):
     samples = serializers.IntegerField()
     charged = serializers.IntegerField(help_text="Samples charged so far")
-    ncu_hours = serializers.DecimalField(max_digits=18, decimal_places=4)
-    device_seconds = serializers.DecimalField(max_digits=18, decimal_places=3)
-    energy_kwh = serializers.DecimalField(max_digits=18, decimal_places=3)
+    ncu_hours = serializers.DecimalField(max_digits=24, decimal_places=4)
+    device_seconds = serializers.DecimalField(max_digits=24, decimal_places=3)
+    energy_kwh = serializers.DecimalField(max_digits=24, decimal_places=3)
     first_start = serializers.DateTimeField(allow_null=True)
     last_end = serializers.DateTimeField(allow_null=True)
 
@@ -155,13 +156,13 @@ class TraceEventOutput(serializers.Serializer):
 
 
 class TraceTotalsOutput(serializers.Serializer):
-    ncu_hours = serializers.DecimalField(max_digits=18, decimal_places=4)
-    gross = serializers.DecimalField(**MONEY)
-    voucher_funded = serializers.DecimalField(**MONEY)
-    buyer_paid = serializers.DecimalField(**MONEY, help_text="From the hold and the wallet")
-    owed = serializers.DecimalField(**MONEY)
-    commission = serializers.DecimalField(**MONEY)
-    provider_share = serializers.DecimalField(**MONEY)
+    ncu_hours = serializers.DecimalField(max_digits=24, decimal_places=4)
+    gross = serializers.DecimalField(**SUMS)
+    voucher_funded = serializers.DecimalField(**SUMS)
+    buyer_paid = serializers.DecimalField(**SUMS, help_text="From the hold and the wallet")
+    owed = serializers.DecimalField(**SUMS)
+    commission = serializers.DecimalField(**SUMS)
+    provider_share = serializers.DecimalField(**SUMS)
 
 
 class TraceOutput(serializers.Serializer):

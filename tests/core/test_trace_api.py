@@ -158,6 +158,7 @@ def test_nobody_else_learns_the_job_exists(story, api):
         assert response.status_code == 404
         assert response.json()["code"] == "not_found"
     assert trace(story["buyer"], job + 1000).status_code == 404
+    assert trace(story["buyer"], 10**30).status_code == 404, "an id beyond any column's range is not a 500"
     assert api.get(f"/api/v1/trace/{job}").status_code in {401, 403}
 
 

@@ -233,6 +233,12 @@ CELERY_BEAT_SCHEDULE["close-redemption-statements"] = {
     "schedule": 300.0,
     "options": {"expires": 300},
 }
+# The audit trail: committed entries are appended to the hash chain every few seconds.
+CELERY_BEAT_SCHEDULE["seal-audit-trail"] = {
+    "task": "core.tasks.seal_audit_trail",
+    "schedule": float(os.environ.get("CX_AUDIT_SEAL_SECONDS", "5")),
+    "options": {"expires": 5},
+}
 # Platform commission (合作分成) by provider category; the default is 8%.
 # A TrueType font (.ttf/.ttc) with Chinese glyphs to embed in statement PDFs;
 # empty: a known system font if installed (fonts-wqy-microhei), else STSong-Light.

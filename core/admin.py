@@ -4,7 +4,7 @@ here adds, edits or deletes an entry."""
 from django.contrib import admin
 
 from console.admin_support import OperatorAdmin, readonly_fields_of
-from core.models import AuditEntry, Notice
+from core.models import AuditEntry, AuditSeal, Notice
 
 
 @admin.register(AuditEntry)
@@ -14,6 +14,15 @@ class AuditEntryAdmin(OperatorAdmin):
     search_fields = ("entity_id", "actor_label", "reason", "action")
     date_hierarchy = "at"
     readonly_fields = readonly_fields_of(AuditEntry)
+
+
+@admin.register(AuditSeal)
+class AuditSealAdmin(OperatorAdmin):
+    """The hash chain: seal n links its entry to seal n − 1 (``manage.py verify_audit`` checks it)."""
+
+    list_display = ("sequence", "entry", "chain_hash", "sealed_at")
+    list_select_related = ("entry",)
+    readonly_fields = readonly_fields_of(AuditSeal)
 
 
 @admin.register(Notice)

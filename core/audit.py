@@ -1,13 +1,78 @@
-"""Writing the audit trail. Every service that changes the state of an
-important object records it here, inside the same transaction."""
+"""Writing, sealing and verifying the audit trail.
 
+Every service that changes the state of an important object records it with
+:func:`audit_record` or :func:`audit_many`, inside its own transaction. Each
+entry gets the hash of its content at insert and a row in the pending list;
+nothing is locked, so a long scheduling cycle writing ten thousand entries
+holds up no one. :func:`audit_seal` then appends the committed entries to the
+hash chain in its own short transaction under one lock (the beat runs it
+every few seconds); :func:`audit_verify` walks the chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import models
+from django.db import connection, models, transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
 
-from core.models import AuditEntry
+from core.domain import chain
+from core.models import AuditEntry, AuditPending, AuditSeal
 
 SYSTEM = "system"
+SEAL_BATCH = 20_000
+# The key of the PostgreSQL advisory lock that one sealer at a time holds.
+SEAL_LOCK = 0x4358_4155_4449_54  # "CXAUDIT"
+
+
+def _content_hash(entry: AuditEntry) -> str:
+    return chain.content_hash(
+        at=entry.at,
+        actor_id=entry.actor_id,
+        actor_label=entry.actor_label,
+        action=entry.action,
+        entity_type=entry.entity_type,
+        entity_id=entry.entity_id,
+        from_state=entry.from_state,
+        to_state=entry.to_state,
+        reason=entry.reason,
+        data=entry.data,
+    )
+
+
+def _entry(
+    *,
+    actor: Any | None,
+    label: str,
+    at: Any,
+    action: str,
+    entity: models.Model,
+    from_state: str = "",
+    to_state: str = "",
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+) -> AuditEntry:
+    entry = AuditEntry(
+        at=at,
+        actor=actor,
+        actor_label=label,
+        action=str(action),
+        entity_type=entity._meta.label_lower,
+        entity_id=str(entity.pk),
+        from_state=str(from_state),
+        to_state=str(to_state),
+        reason=str(reason),
+        data=data or {},
+    )
+    entry.content_hash = _content_hash(entry)
+    return entry
+
+
+def _actor(actor: Any | None) -> tuple[Any | None, str]:
+    return (actor if getattr(actor, "pk", None) else None), (getattr(actor, "username", None) or SYSTEM)
 
 
 def audit_record(
@@ -20,38 +85,206 @@ def audit_record(
     reason: str = "",
     data: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    label = getattr(actor, "username", None) or SYSTEM
-    return AuditEntry.objects.create(
-        actor=actor if getattr(actor, "pk", None) else None,
-        actor_label=label,
+    user, label = _actor(actor)
+    entry = _entry(
+        actor=user,
+        label=label,
+        at=timezone.now(),
         action=action,
-        entity_type=entity._meta.label_lower,
-        entity_id=str(entity.pk),
+        entity=entity,
         from_state=from_state,
         to_state=to_state,
         reason=reason,
-        data=data or {},
+        data=data,
     )
+    with transaction.atomic():
+        entry.save(force_insert=True)
+        AuditPending.objects.create(entry=entry)
+    return entry
 
 
 def audit_many(entries: list[dict[str, Any]], *, actor: Any | None = None) -> None:
     """Record many audit entries at once (a scheduling cycle). Each dict has
     the keyword arguments of :func:`audit_record` except ``actor``."""
-    label = getattr(actor, "username", None) or SYSTEM
-    AuditEntry.objects.bulk_create(
-        [
-            AuditEntry(
-                actor=actor if getattr(actor, "pk", None) else None,
-                actor_label=label,
-                action=entry["action"],
-                entity_type=entry["entity"]._meta.label_lower,
-                entity_id=str(entry["entity"].pk),
-                from_state=entry.get("from_state", ""),
-                to_state=entry.get("to_state", ""),
-                reason=entry.get("reason", ""),
-                data=entry.get("data") or {},
+    if not entries:
+        return
+    user, label = _actor(actor)
+    now = timezone.now()
+    rows = [_entry(actor=user, label=label, at=now, **entry) for entry in entries]
+    with transaction.atomic():
+        AuditEntry.objects.bulk_create(rows, batch_size=1000)
+        _pending([row.pk for row in rows])
+
+
+def _pending(entry_ids: list[int]) -> None:
+    """Put entries on the list awaiting their seal (one statement on PostgreSQL)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {AuditPending._meta.db_table} (entry_id) SELECT unnest(%s::bigint[])",
+                [entry_ids],
             )
-            for entry in entries
-        ],
-        batch_size=1000,
+    else:
+        AuditPending.objects.bulk_create([AuditPending(entry_id=i) for i in entry_ids], batch_size=5000)
+
+
+def audit_login(sender: Any, *, request: Any, user: Any, **kwargs: Any) -> None:
+    """Receiver of ``user_logged_in``: every sign-in (the operator console's
+    and the API token endpoint's) is an audited event."""
+    meta = getattr(request, "META", {}) if request is not None else {}
+    audit_record(
+        actor=user,
+        action="user.signed_in",
+        entity=user,
+        data={
+            "role": getattr(user, "role", "") or "",
+            "via": getattr(request, "path", "") if request is not None else "",
+            "ip": meta.get("REMOTE_ADDR", ""),
+        },
     )
+
+
+# --- the chain -------------------------------------------------------------------------------------------------------
+
+
+def _lock(*, wait: bool) -> bool:
+    """Take the sealer's lock for this transaction (PostgreSQL: an advisory
+    lock; SQLite serialises writers by itself). False if busy and not waiting."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEAL_LOCK])
+            return True
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEAL_LOCK])
+        return bool(cursor.fetchone()[0])
+
+
+def _seal_batch(*, wait: bool, limit: int) -> int | None:
+    """Seal up to ``limit`` pending entries in one transaction; None if another sealer holds the lock."""
+    with transaction.atomic():
+        if not _lock(wait=wait):
+            return None
+        pending = list(AuditPending.objects.order_by("entry_id").values_list("entry_id", "entry__content_hash")[:limit])
+        if not pending:
+            return 0
+        head = AuditSeal.objects.order_by("-sequence").values_list("sequence", "chain_hash").first()
+        sequence, previous = head if head is not None else (0, chain.GENESIS)
+        now = timezone.now()
+        seals = []
+        for entry_id, content_hash in pending:
+            sequence += 1
+            link = chain.chain_hash(
+                sequence=sequence, entry_id=entry_id, content_hash=content_hash, previous_hash=previous
+            )
+            seals.append(
+                AuditSeal(sequence=sequence, entry_id=entry_id, previous_hash=previous, chain_hash=link, sealed_at=now)
+            )
+            previous = link
+        AuditSeal.objects.bulk_create(seals, batch_size=5000)
+        AuditPending.objects.filter(entry_id__in=[entry_id for entry_id, _ in pending]).delete()
+        return len(seals)
+
+
+def audit_seal(*, wait: bool = False, batch: int = SEAL_BATCH) -> int:
+    """Append every committed, unsealed audit entry to the chain, in entry id
+    order, ``batch`` at a time (each batch its own short transaction).
+    Returns how many were sealed. With ``wait=False`` it returns 0 at once if
+    another sealer is at work (that one will seal them)."""
+    sealed = 0
+    while True:
+        done = _seal_batch(wait=wait, limit=batch)
+        if not done:
+            return sealed
+        sealed += done
+        if done < batch:
+            return sealed
+
+
+@dataclass
+class Verification:
+    seals: int = 0
+    head_sequence: int = 0
+    head_hash: str = chain.GENESIS
+    breaks: list[chain.Break] = field(default_factory=list)
+    unsealed: int = 0
+    unsealed_altered: list[int] = field(default_factory=list)
+    orphans: list[int] = field(default_factory=list)
+
+    @property
+    def sound(self) -> bool:
+        return not (self.breaks or self.unsealed_altered or self.orphans)
+
+
+ENTRY_COLUMNS = (
+    "at",
+    "actor_id",
+    "actor_label",
+    "action",
+    "entity_type",
+    "entity_id",
+    "from_state",
+    "to_state",
+    "reason",
+    "data",
+)
+
+
+def _recomputed(row: dict[str, Any]) -> str:
+    return chain.content_hash(**{column: row[column] for column in ENTRY_COLUMNS})
+
+
+def _links(chunk: int, result: Verification) -> Iterator[chain.Link]:
+    """Every seal in sequence order, with its entry's stored and recomputed
+    content hash (counted into ``result`` as it goes)."""
+    after = 0
+    while True:
+        seals = list(
+            AuditSeal.objects.filter(sequence__gt=after)
+            .order_by("sequence")
+            .values_list("sequence", "entry_id", "previous_hash", "chain_hash")[:chunk]
+        )
+        if not seals:
+            return
+        entries = AuditEntry.objects.filter(pk__in=[seal[1] for seal in seals])
+        rows = {row["id"]: row for row in entries.values("id", "content_hash", *ENTRY_COLUMNS)}
+        for sequence, entry_id, previous_hash, chain_hash in seals:
+            row = rows.get(entry_id)
+            result.seals += 1
+            result.head_sequence, result.head_hash = sequence, chain_hash
+            yield chain.Link(
+                sequence=sequence,
+                entry_id=entry_id,
+                previous_hash=previous_hash,
+                chain_hash=chain_hash,
+                stored_content_hash=row["content_hash"] if row else None,
+                content_hash_now=_recomputed(row) if row else None,
+            )
+        after = seals[-1][0]
+
+
+def audit_verify(*, seal_first: bool = True, limit: int = 20, chunk: int = 5000) -> Verification:
+    """Walk the whole chain, recomputing every content and chain hash, and
+    check the entries not sealed yet; at most ``limit`` problems of each kind
+    are kept. Seals what is pending first (waiting for a running sealer)."""
+    if seal_first:
+        audit_seal(wait=True)
+    result = Verification()
+    for found in chain.check_links(_links(chunk, result)):
+        if len(result.breaks) < limit:
+            result.breaks.append(found)
+    # Entries without a seal: committed after the sealing above (pending), or cut out of the chain.
+    # One statement, so one snapshot: a sealer at work meanwhile cannot make an entry look cut out.
+    unsealed = (
+        AuditEntry.objects.filter(seal__isnull=True)
+        .annotate(pending=Exists(AuditPending.objects.filter(entry_id=OuterRef("pk"))))
+        .order_by("id")
+        .values("id", "content_hash", "pending", *ENTRY_COLUMNS)
+    )
+    for row in unsealed.iterator(chunk_size=chunk):
+        result.unsealed += 1
+        if not row["pending"] and len(result.orphans) < limit:
+            result.orphans.append(row["id"])
+        if _recomputed(row) != row["content_hash"] and len(result.unsealed_altered) < limit:
+            result.unsealed_altered.append(row["id"])
+    return result

@@ -35,6 +35,12 @@ class Conflict(ApplicationError):
     status = 409
 
 
+class AppendOnly(Conflict):
+    """An attempt to change or delete a row of an append-only table (the audit trail)."""
+
+    code = "append_only"
+
+
 class IllegalTransition(Conflict):
     code = "illegal_transition"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -127,6 +128,7 @@ class TokenView(APIView):
         if user is None or not user.is_active or not user.check_password(data.validated_data["password"]):
             raise InvalidInput("unknown username or wrong password", field="password")
         token, _ = Token.objects.get_or_create(user=user)
+        user_logged_in.send(sender=user.__class__, request=request, user=user)  # audited, as console sign-ins are
         return Response({"token": token.key, "role": user.role})
 
 

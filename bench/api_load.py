@@ -205,9 +205,7 @@ class Platform:
 
     def spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         with (self.logs / f"{name}.log").open("w") as log:
-            self.processes.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-            )
+            self.processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -386,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         logs = Path(tempfile.mkdtemp(prefix="cx-api-load-"))
         platform = start_platform(db_url, broker, gunicorn_workers=args.gunicorn_workers, logs=logs)
         wait_healthy(platform.url)
-        print(
-            f"platform: gunicorn × {args.gunicorn_workers} workers, 2 Celery workers (one with beat); logs in {logs}"
-        )
+        print(f"platform: gunicorn × {args.gunicorn_workers} workers, 2 Celery workers (one with beat); logs in {logs}")
         warm, _ = asyncio.run(
             _drive(platform.url, tokens, rps=0, seconds=0, quote_share=1, seed=args.seed, warm_up=True)
         )
@@ -468,8 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         f"throughput: {figures['requests_per_s']} successful requests/s "
         f"(offered {figures['offered_per_s']}/s over {wall:.1f} s)"
     )
-    print(f"errors: {errors} (statuses {figures['statuses']}; 429 throttled: {figures['throttled']}; timeouts: "
-          f"{figures['timeouts']})")
+    print(
+        f"errors: {errors} (statuses {figures['statuses']}; 429 throttled: {figures['throttled']}; timeouts: "
+        f"{figures['timeouts']})"
+    )
     print(f"generator: lag p99 {figures['generator_lag_p99_ms']} ms, {generator_cpu:.1f} CPU s")
     print(f"load average: {load_before[0]:.2f} before, {load_after[0]:.2f} after (2 cores, shared machine)")
     target = figures["quote_p99_ms"]

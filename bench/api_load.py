@@ -30,7 +30,11 @@ What it does, in order:
    ``POST /api/v1/jobs``; a random buyer and one of a handful of job shapes
    that fit the demo market (one A10 for an hour, 8 × A100 for two, CPU
    cores, an Ascend node …). The generator is asyncio + aiohttp in this
-   process, one connection per request in flight (no limit), 10 s timeout.
+   process, one connection per request in flight, 10 s timeout. When
+   ``--max-in-flight`` (256) requests are already waiting, an arrival is
+   not sent and counts as an error: past that the server is hopelessly
+   behind, and thousands of sockets would only starve the generator itself
+   (whose lateness against the schedule is reported).
 5. **Afterwards.** ``check_ledger`` and ``check_capacity`` (the overbooking
    check) on the database, their verdicts printed; jobs by state.
 6. Processes stopped, database dropped (``--keep`` keeps it).
@@ -68,6 +72,7 @@ BIN = Path(sys.executable).parent
 DB_NAME = "cx_api_load"
 FUNDS = Decimal("10000000.00")
 THROTTLE_OFF = "1000000/second"
+SHED = -1
 
 # Job shapes the demo market can run (quotes and submissions draw from them).
 SHAPES: list[dict[str, Any]] = [
@@ -289,7 +294,7 @@ def wait_healthy(url: str, timeout: float = 90) -> None:
 @dataclass
 class Outcome:
     kind: str
-    status: int  # 0: timeout or connection failure
+    status: int  # 0: timeout or connection failure; SHED: not sent, too many in flight
     ms: float
     lag_ms: float  # how late the request left against its scheduled arrival
 
@@ -310,7 +315,15 @@ async def _send(session: Any, url: str, kind: str, token: str, body: dict, due: 
 
 
 async def _drive(
-    url: str, tokens: list[str], *, rps: float, seconds: float, quote_share: float, seed: int, warm_up: bool
+    url: str,
+    tokens: list[str],
+    *,
+    rps: float,
+    seconds: float,
+    quote_share: float,
+    seed: int,
+    warm_up: bool,
+    max_in_flight: int = 10_000,
 ) -> tuple[list[Outcome], float]:
     import aiohttp
 
@@ -330,13 +343,27 @@ async def _drive(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = loop.time() + 0.2
         tasks = []
+        shed: list[Outcome] = []
+        in_flight = 0
+
+        async def tracked(kind: str, token: str, body: dict, due: float) -> Outcome:
+            nonlocal in_flight
+            try:
+                return await _send(session, url, kind, token, body, due)
+            finally:
+                in_flight -= 1
+
         for offset, kind, token, body in arrivals:
             due = start + offset
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(session, url, kind, token, body, due)))
-        outcomes = await asyncio.gather(*tasks)
+            if in_flight >= max_in_flight:  # the server is this far behind: count it failed, keep the schedule
+                shed.append(Outcome(kind, SHED, 0.0, (loop.time() - due) * 1000))
+                continue
+            in_flight += 1
+            tasks.append(asyncio.create_task(tracked(kind, token, body, due)))
+        outcomes = [*await asyncio.gather(*tasks), *shed]
         wall = loop.time() - start
     return list(outcomes), wall
 
@@ -360,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buyers", type=int, default=50, help="simulated buyer organisations (50)")
     parser.add_argument("--quote-share", type=float, default=0.8, help="share of requests that are quotes (0.8)")
     parser.add_argument("--gunicorn-workers", type=int, default=4, help="gunicorn sync workers (4)")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=256,
+        help="requests in flight at most; an arrival beyond it is not sent and counts as an error (256)",
+    )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--keep", action="store_true", help=f"keep the database {DB_NAME} afterwards")
     args = parser.parse_args(argv)
@@ -402,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 quote_share=args.quote_share,
                 seed=args.seed,
                 warm_up=False,
+                max_in_flight=args.max_in_flight,
             )
         )
         cpu_after = os.times()
@@ -435,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "errors": errors,
         "throttled": statuses.get(429, 0),
         "timeouts": statuses.get(0, 0),
+        "shed": statuses.get(SHED, 0),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "gunicorn_workers": args.gunicorn_workers,
         "buyers": args.buyers,
@@ -466,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"errors: {errors} (statuses {figures['statuses']}; 429 throttled: {figures['throttled']}; timeouts: "
-        f"{figures['timeouts']})"
+        f"{figures['timeouts']}; not sent with {args.max_in_flight} in flight: {figures['shed']})"
     )
     print(f"generator: lag p99 {figures['generator_lag_p99_ms']} ms, {generator_cpu:.1f} CPU s")
     print(f"load average: {load_before[0]:.2f} before, {load_after[0]:.2f} after (2 cores, shared machine)")

@@ -290,6 +290,6 @@ def _periods_unclosed(now: datetime, cutoff: datetime, report: RepairReport) -> 
     if oldest is None:
         return
     reason = f"repair: charges made since {_since(oldest)} were on no statement after their period had ended"
-    for period in settlement_close_due(now=now):
+    for period in settlement_close_due(now=min(now, timezone.now())):  # a period closes once it has ended
         audit_record(actor=None, action="repair.period_closed", entity=period, reason=reason)
         report.periods_closed.append(period.pk)

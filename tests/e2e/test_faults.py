@@ -357,6 +357,7 @@ def test_redis_restarted_while_jobs_run_loses_no_work(faulty: Faulty) -> None:
     accepted = [job_id for _, job_id in before]
     wait_for("a job to run", lambda: "running" in states(accepted).values(), timeout=60)
 
+    sweeps = repair_sweeps(platform)
     faulty.redis.kill()  # every queued and unacknowledged message is gone
     during = [submit(platform, market_, f"during {i}") for i in range(2)]
     assert [status for status, _ in during] == [201, 201], "submissions do not need the broker"
@@ -368,6 +369,13 @@ def test_redis_restarted_while_jobs_run_loses_no_work(faulty: Faulty) -> None:
     assert status == 201
     accepted.append(job_id)
     assert_nothing_lost(faulty, market_, accepted)
+    wait_for("the beat's repair sweep to run again", lambda: repair_sweeps(platform) > sweeps + 1, timeout=30)
+
+
+def repair_sweeps(platform: Platform) -> int:
+    """How many repair sweeps the worker has finished, as its log says."""
+    log = (platform.logs / "worker.log").read_text(errors="replace")
+    return sum(1 for line in log.splitlines() if "repair_stuck_work[" in line and " succeeded in " in line)
 
 
 def _accepted(platform: Platform, market_: Market, name: str) -> int | None:

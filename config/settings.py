@@ -208,6 +208,16 @@ CELERY_BEAT_SCHEDULE["watch-leases"] = {
     "schedule": float(os.environ.get("CX_WATCH_SECONDS", "15")),
     "options": {"expires": 15},
 }
+# Quotes reuse a market snapshot this long while the market is unchanged (scheduler/selectors.py).
+CX_QUOTE_SNAPSHOT_SECONDS = float(os.environ.get("CX_QUOTE_SNAPSHOT_SECONDS", "2"))
+# Work left without progress for CX_STUCK_SECONDS (a task lost with Redis, a
+# callback lost with a process) is found and repaired (scheduler/repair.py).
+CX_STUCK_SECONDS = float(os.environ.get("CX_STUCK_SECONDS", "300"))
+CELERY_BEAT_SCHEDULE["repair-stuck-work"] = {
+    "task": "scheduler.tasks.repair_stuck_work",
+    "schedule": float(os.environ.get("CX_REPAIR_SECONDS", "60")),
+    "options": {"expires": 60},
+}
 # Billing: charge reported usage every few seconds (also kicked on each
 # report); close settlement periods as they elapse (daily, CST, by default).
 CX_SETTLEMENT_PERIOD_HOURS = int(os.environ.get("CX_SETTLEMENT_PERIOD_HOURS", "24"))

@@ -3,13 +3,15 @@ and queries scoped to the caller."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Q, QuerySet
+from django.conf import settings
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Mod
 
 from billing.domain import pricing
@@ -131,6 +133,51 @@ def effective_unit_price(offer: Offer, *, at: datetime, utilisation: Decimal) ->
             commitment_hours=offer.min_lease_hours,
         )
     )
+
+
+@dataclass
+class _Snapshot:
+    taken: float
+    fingerprint: tuple
+    inputs: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]
+
+
+_quote_snapshot: _Snapshot | None = None
+
+
+def _market_fingerprint() -> tuple:
+    """What changes whenever the market's offers or leases do: the active
+    offers' count and highest id, the sum of their generations (every lease
+    made or ended on an offer bumps its generation) and their pools' latest
+    edit."""
+    row = Offer.objects.filter(status=OfferStatus.ACTIVE).aggregate(
+        n=Count("id"), top=Max("id"), gen=Sum("generation"), edited=Max("pool__updated_at")
+    )
+    return (row["n"], row["top"], row["gen"], row["edited"])
+
+
+def quote_inputs(*, now: datetime) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
+    """:func:`engine_inputs` for quotes and the submission check, from a
+    snapshot this process keeps: reused for at most
+    ``CX_QUOTE_SNAPSHOT_SECONDS`` (2; 0 turns it off) and only while no offer
+    was listed or withdrawn, no pool edited and no lease made or ended on one
+    (one small aggregate query tells). So a quote never misses a lease, an
+    offer or a pool's change; what may be up to that old are the prices that
+    follow the clock (time-of-use hours), reliability scores and providers'
+    verification.
+    The engine is still given the real ``now``: leases that ended meanwhile
+    hold nothing. The scheduling cycle never uses the snapshot: it reads the
+    market afresh and re-verifies every placement under locks."""
+    global _quote_snapshot
+    ttl = float(getattr(settings, "CX_QUOTE_SNAPSHOT_SECONDS", 2))
+    if ttl <= 0:
+        return engine_inputs(now=now)
+    fingerprint = _market_fingerprint()
+    clock = time.monotonic()
+    snapshot = _quote_snapshot
+    if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
+        snapshot = _quote_snapshot = _Snapshot(taken=clock, fingerprint=fingerprint, inputs=engine_inputs(now=now))
+    return snapshot.inputs
 
 
 def engine_inputs(

@@ -334,7 +334,7 @@ def job_submit(*, user: User, values: dict[str, Any], use_vouchers: bool = False
     _require_buyer(user)
     job = job_draft(user=user, values=values)
     now = timezone.now()
-    pool_offers, _leases, _rows = selectors.engine_inputs(now=now)
+    pool_offers, _leases, _rows = selectors.quote_inputs(now=now)
     explanation = matching.check_submission(job_spec(job), pool_offers, now=now)
     with transaction.atomic():
         job.save()
@@ -362,7 +362,19 @@ def job_cancel(*, job: Job, actor: User, reason: str = "") -> Job:
             raise IllegalTransition(entity=f"Job {job.pk}", current=locked.status, target=JobStatus.CANCELLED)
         for lease in Lease.objects.filter(job=locked, status__in=HOLDING_LEASE_STATES):
             lease_transition(lease=lease, to=LeaseStatus.CANCELLED, actor=actor, reason=reason or "job cancelled")
+            transaction.on_commit(lambda lease_id=lease.pk: _release_hold(lease_id))
         return job_transition(job=locked, to=JobStatus.CANCELLED, actor=actor, reason=reason or "cancelled by buyer")
+
+
+def _release_hold(lease_id: int) -> None:
+    """After a lease ended early: charge its reported usage, release the rest
+    of its hold (if this is lost, the repair sweep does it later)."""
+    from scheduler.execution import _close_hold
+
+    try:
+        _close_hold(lease_id)
+    except Exception:
+        log.warning("could not release the hold of lease %s; the repair sweep will", lease_id, exc_info=True)
 
 
 def _kick_scheduler() -> None:
@@ -473,6 +485,7 @@ def _apply_preemptions(preemptions: tuple[matching.Preemption, ...], *, now: dat
             continue
         reason = f"preempted for on-demand job {preemption.by_job_id}"
         lease_transition(lease=lease, to=LeaseStatus.PREEMPTED, actor=None, reason=reason)
+        transaction.on_commit(lambda lease_id=lease.pk: _release_hold(lease_id))
         job = Job.objects.get(pk=lease.job_id)
         job_transition(job=job, to=JobStatus.PREEMPTED, actor=None, reason=reason)
         job_transition(job=job, to=JobStatus.QUEUED, actor=None, reason="back in the queue after preemption")
@@ -587,7 +600,7 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     # A quote shows what the buyer's vouchers would pay whether or not the job will use them.
     job = job_draft(user=user, values={k: v for k, v in values.items() if k != "use_vouchers"})
     now = timezone.now()
-    pool_offers, leases, rows = selectors.engine_inputs(now=now)
+    pool_offers, leases, rows = selectors.quote_inputs(now=now)
     result = matching.quote(job_spec(job), pool_offers, leases, now=now, limit=limit)
     month_to_date = month_to_date_ncu_hours(job.buyer_id, now)
     options = []

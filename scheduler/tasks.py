@@ -39,3 +39,21 @@ def watch_leases() -> list[int]:
     if lost:
         run_scheduling_cycle.delay()
     return lost
+
+
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def repair_stuck_work() -> dict:
+    """Find and repair work stuck without progress (see scheduler.repair);
+    idempotent. Returns what was repaired."""
+    from scheduler.repair import repair_stuck_work as sweep
+
+    report = sweep()
+    if report.cycle_needed or report.jobs_queued:
+        run_scheduling_cycle.delay()
+    return report.as_dict()

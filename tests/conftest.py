@@ -34,6 +34,14 @@ def _required_services(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_quote_snapshot() -> None:
+    """Each test builds its own market: no quote snapshot from another test's."""
+    from scheduler import selectors
+
+    selectors._quote_snapshot = None
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

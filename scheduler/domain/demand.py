@@ -474,6 +474,18 @@ class PoolFacts:
 
 
 def pool_facts(pool: PoolOffer) -> PoolFacts:
+    """What the engine derives from a pool offer. Memoised for offers of
+    whole nodes (a market snapshot reused across quotes meets the same offers
+    again); offers that carry their nodes' free capacity are not hashable."""
+    return _pool_facts(pool) if pool.nodes is not None else _pool_facts_memo(pool)
+
+
+@lru_cache(maxsize=8192)
+def _pool_facts_memo(pool: PoolOffer) -> PoolFacts:
+    return _pool_facts(pool)
+
+
+def _pool_facts(pool: PoolOffer) -> PoolFacts:
     shape = pool.shape
     accelerated = shape.accelerated
     if accelerated:

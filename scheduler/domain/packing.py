@@ -160,10 +160,21 @@ class NodeState:
 
     @classmethod
     def empty(cls, shape: NodeShape) -> NodeState:
-        return cls(shape, shape.cpu_milli, shape.memory_mib, [WHOLE_DEVICE_MILLI] * shape.accelerators)
+        return cls._trusted(shape, shape.cpu_milli, shape.memory_mib, [WHOLE_DEVICE_MILLI] * shape.accelerators)
 
     def copy(self) -> NodeState:
-        return NodeState(self.shape, self.free_cpu_milli, self.free_memory_mib, self.free_milli)
+        return NodeState._trusted(self.shape, self.free_cpu_milli, self.free_memory_mib, list(self.free_milli))
+
+    @classmethod
+    def _trusted(cls, shape: NodeShape, free_cpu_milli: int, free_memory_mib: int, free_milli: list[int]) -> NodeState:
+        """A state from values already known to be valid (a whole node, a copy): no checks, it is on every
+        quote's and cycle's hot path."""
+        state = cls.__new__(cls)
+        state.shape = shape
+        state.free_cpu_milli = free_cpu_milli
+        state.free_memory_mib = free_memory_mib
+        state.free_milli = free_milli
+        return state
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NodeState):

@@ -15,6 +15,7 @@ from billing.domain.money import to_fen
 from billing.models import Charge, Posting, UsageSample
 from core.models import Notice
 from scheduler import services as scheduler_services
+from scheduler.management.commands.check_capacity import audit_capacity
 from scheduler.models import Lease
 from tests import factories
 from tests.concurrency import run_together
@@ -133,3 +134,5 @@ def test_a_usage_batch_delivered_three_times_is_charged_once():
     assert charging.charge_pending(limit=500) == 0
     assert Charge.objects.count() == 200
     assert checks.ledger_breaches() == []
+    assert not audit_capacity().overbooked
+    assert Lease.objects.get(pk=lease.pk).job.status in {"scheduled", "running"}, "the job is still placed"

@@ -141,6 +141,52 @@ def _health(url: str) -> bool:
         return False
 
 
+def launch(running: Platform, port: int) -> None:
+    """Start the API server (gunicorn) and a scheduling worker with beat on
+    ``running.env``; return once both answer."""
+    tmp_path = running.logs
+    server = running.spawn(
+        "server",
+        [str(BIN / "gunicorn"), "config.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+    )
+    worker = running.spawn(
+        "worker",
+        [
+            str(BIN / "celery"),
+            "-A",
+            "config",
+            "worker",
+            "--beat",
+            "--schedule",
+            str(tmp_path / "beat-schedule"),
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "-Q",
+            "celery",
+            "-n",
+            f"e2e-{uuid.uuid4().hex[:8]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "info",
+        ],
+    )
+    wait_for(
+        "the API server to answer /health/",
+        lambda: server.poll() is not None or _health(running.url),
+        timeout=STARTUP_DEADLINE,
+    )
+    assert server.poll() is None, "the API server exited"
+    wait_for(
+        "the worker to be ready",
+        lambda: worker.poll() is not None or " ready." in (tmp_path / "worker.log").read_text(errors="replace"),
+        timeout=STARTUP_DEADLINE,
+    )
+    assert worker.poll() is None, "the worker exited"
+
+
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
     """The API server and a scheduling worker with beat, as real processes on the test database."""
@@ -169,46 +215,7 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
     }
     running = Platform(url=f"http://127.0.0.1:{port}", env=env, logs=tmp_path)
     try:
-        server = running.spawn(
-            "server",
-            [str(BIN / "gunicorn"), "config.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        )
-        worker = running.spawn(
-            "worker",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "config",
-                "worker",
-                "--beat",
-                "--schedule",
-                str(tmp_path / "beat-schedule"),
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "-Q",
-                "celery",
-                "-n",
-                f"e2e-{uuid.uuid4().hex[:8]}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "info",
-            ],
-        )
-        wait_for(
-            "the API server to answer /health/",
-            lambda: server.poll() is not None or _health(running.url),
-            timeout=STARTUP_DEADLINE,
-        )
-        assert server.poll() is None, "the API server exited"
-        wait_for(
-            "the worker to be ready",
-            lambda: worker.poll() is not None or " ready." in (tmp_path / "worker.log").read_text(errors="replace"),
-            timeout=STARTUP_DEADLINE,
-        )
-        assert worker.poll() is None, "the worker exited"
+        launch(running, port)
         yield running
     finally:
         running.stop_all()

@@ -134,6 +134,7 @@ from scheduler.domain.demand import (
 )
 from scheduler.domain.packing import (
     Cluster,
+    NodeShape,
     NodeState,
     Placement,
     SliceDemand,
@@ -930,6 +931,7 @@ class _Market:
                 if self.where[pool_id][0] is stack:
                     part.refresh(self.where[pool_id][1], state.now_nodes())
         self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
+        self._frag_cache: dict[tuple[NodeShape, int, int, tuple[int, ...]], float] = {}
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -1050,6 +1052,23 @@ class _Market:
             return None
         resolved = resolve(job, facts)
         assert isinstance(resolved, Resolved)  # noqa: S101 - static_reason passed, so the demand resolved
+        return self._packed(job, facts, resolved, start, exclude=exclude)
+
+    def _priced(
+        self, job: JobSpec, facts: PoolFacts, ready: datetime, start: int
+    ) -> tuple[Resolved, Decimal, bool] | None:
+        """The job's exact demand and cost on this pool, and whether the pool is western-preferred for it;
+        None if a hard constraint fails (as :meth:`option`, without packing)."""
+        if static_reason(job, facts, ready) is not None or start < _us(facts.pool.window_start):
+            return None
+        resolved = resolve(job, facts)
+        assert isinstance(resolved, Resolved)  # noqa: S101 - static_reason passed, so the demand resolved
+        west = facts.west and job.tolerates_latency(self.config.latency_tolerant_ms)
+        return resolved, estimated_cost(facts.pool, resolved, job), west
+
+    def _packed(
+        self, job: JobSpec, facts: PoolFacts, resolved: Resolved, start: int, *, exclude: frozenset[str] = frozenset()
+    ) -> _Option | None:
         end = start + job.duration // _US
         placed = self.state(facts).place(
             resolved.demand, resolved.nodes, start, end, policy=self.config.policy, mix=self.mix, exclude=exclude
@@ -1110,12 +1129,27 @@ class _Market:
         if self.mix is None:
             return 0.0
         growth = 0.0
+        demand = option.resolved.demand
         for placement in option.placements:
             node = option.nodes_used[placement.node]
-            after = node.copy()
-            after.allocate(placement, option.resolved.demand)
-            growth += fragmentation(after, self.mix) - fragmentation(node, self.mix)
+            free = node.free_milli
+            after = list(free)
+            for d in placement.devices:
+                after[d] -= placement.accelerator_milli
+            growth += self._fragmentation(
+                node.shape, node.free_cpu_milli - demand.cpu_milli, node.free_memory_mib - demand.memory_mib, after
+            ) - self._fragmentation(node.shape, node.free_cpu_milli, node.free_memory_mib, free)
         return growth
+
+    def _fragmentation(self, shape: NodeShape, cpu: int, memory: int, free: list[int]) -> float:
+        """``packing.fragmentation`` of a node in this state against the cycle's mix, memoised: most nodes the
+        cycle looks at are in one of a few states (whole, or one common task short of whole)."""
+        key = (shape, cpu, memory, tuple(free))
+        value = self._frag_cache.get(key)
+        if value is None:
+            assert self.mix is not None  # noqa: S101 - only asked with a mix
+            value = self._frag_cache[key] = fragmentation(NodeState(shape, cpu, memory, free), self.mix)
+        return value
 
     def best(self, job: JobSpec, ready: datetime) -> _Option | None:
         """The best placement of the job starting at ``ready`` (now or within the lookahead)."""
@@ -1129,6 +1163,9 @@ class _Market:
         tied: list[_Option] = []
         bound: tuple[float, float, float] | None = None
         checks = 0
+        tried = 0  # options that fit, counted against max_tie_candidates (some are only counted, see below)
+        head: tuple[Decimal, bool] | None = None  # the best (cost in fen, not west-preferred) among ``tied``
+        cheapest = job.objective is Objective.CHEAPEST
         offset, size = 0, _CHUNK
         while offset < ranked.size:
             chunk = ranked[offset : offset + size]
@@ -1143,13 +1180,35 @@ class _Market:
                 elif checks >= self.config.max_exact_checks:
                     return None
                 checks += 1
-                option = self.option(job, part.facts[j], ready, start)
+                facts = part.facts[j]
+                if cheapest and head is not None:
+                    # the cheapest objective's first keys are exact before packing: a pool dearer to the fen (or
+                    # as dear, without the western preference the best has) cannot be picked, so it is only
+                    # checked for fitting (it still counts against max_tie_candidates), not packed and scored
+                    found = self._priced(job, facts, ready, start)
+                    if found is None:
+                        continue
+                    resolved, cost, west = found
+                    if (to_fen(cost), not west) > head:
+                        end = start + job.duration // _US
+                        if self.state(facts).feasible(resolved.demand, resolved.nodes, start, end):
+                            tried += 1
+                            if tried >= self.config.max_tie_candidates:
+                                return self._pick(job, tied)
+                        continue
+                    option = self._packed(job, facts, resolved, start)
+                else:
+                    option = self.option(job, facts, ready, start)
                 if option is None:
                     continue
                 if bound is None:
                     bound = (evaluation.cost(j), evaluation.carbon(j), evaluation.adjusted(j))
                 tied.append(option)
-                if len(tied) >= self.config.max_tie_candidates:
+                if cheapest:
+                    first = (to_fen(option.cost), not option.west_preferred)
+                    head = first if head is None else min(head, first)
+                tried += 1
+                if tried >= self.config.max_tie_candidates:
                     return self._pick(job, tied)
         return self._pick(job, tied) if tied else None
 

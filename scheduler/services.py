@@ -498,6 +498,7 @@ def _cycle_sharded(*, hub: str | None, limit: int, now: datetime, shard: tuple[i
     chunks = [preempting] if preempting else []
     chunks += [rest[i : i + SHARD_CHUNK] for i in range(0, len(rest), SHARD_CHUNK)]
     placed: set[str] = set()
+    gone = 0  # planned jobs that left the queue (placed or cancelled elsewhere) before this worker wrote them
     reasons: dict[str, str] = {}
     for chunk in chunks:
         with transaction.atomic():
@@ -507,6 +508,7 @@ def _cycle_sharded(*, hub: str | None, limit: int, now: datetime, shard: tuple[i
                     pk__in=[int(a.job_id) for a in chunk], status=JobStatus.QUEUED
                 )
             }
+            gone += len(chunk) - len(locked)
             chunk = [a for a in chunk if a.job_id in locked]
             preemptions = tuple(p for a in chunk for p in victims.get(a.job_id, ()))
             report.preempted += len(_apply_preemptions(preemptions, now=now))
@@ -520,13 +522,14 @@ def _cycle_sharded(*, hub: str | None, limit: int, now: datetime, shard: tuple[i
                     a.job_id, "capacity was taken by another scheduler meanwhile; retrying next cycle"
                 )
     report.assigned = len(placed)
-    report.refused_at_commit = len(ours) - len(placed)
+    report.refused_at_commit = len(ours) - len(placed) - gone
     details: dict[str, dict[str, Any]] = {}
     for job_id, explanation in result.pending.items():
         if job_id in mine:
             reasons[job_id] = explanation.message
             details[job_id] = explanation.as_dict()
     report.pending = len(result.pending.keys() & mine.keys()) + report.refused_at_commit
+    # a job placed elsewhere since the reading has no reason to be given
     changed = [job_id for job_id, message in reasons.items() if mine[job_id].pending_reason != message]
     if not changed:
         return

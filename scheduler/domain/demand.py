@@ -408,6 +408,8 @@ class MatchingConfig:
     reservation_pool_limit: int = 64
     preemption: bool = True
     preemption_pool_limit: int = 8
+    # after the fair-share pass, the jobs it placed are placed again, highest stakes first, when that is cheaper
+    repack: bool = True
     # quotes
     quote_pool_limit: int = 64
 

@@ -92,6 +92,22 @@ that is within ``lookahead``). A job that cannot be placed now:
    reservation starts or leave it the capacity it needs;
 3. and it stays pending with its explanation.
 
+**Repacking** (``MatchingConfig.repack``, on by default). The fair-share pass
+decides which jobs get capacity this cycle (it runs without the fragmentation
+tie-breaks, for speed); then the jobs it placed are placed again on the same
+market in order of their stakes — the cost the first pass found, highest
+first — each on its best placement for its objective, and the backfill
+reservations are made again. A greedy pass in fair-share order lets a short
+job take the cheap capacity that a long 8-device job then misses, though the
+saving of a cheaper pool grows with size × duration; placing large demands
+first also packs nodes better (first fit decreasing). The repacked plan is
+kept only if it places every job the first pass placed, remakes every
+reservation and costs less in total; otherwise (and whenever the first pass
+preempted) the fair-share pass is run again in full and its plan is the
+cycle's. A single job is placed as before, so "cheapest" still never takes a
+costlier pool for a job on its own; in a batch a job may pay a little more
+than its cheapest free pool so that the batch pays less.
+
 Limits, by design: ``max_exact_checks`` pools are tried in full per job after
 the vectorised filter (it almost always passes the first); local storage is
 checked per node against the job's need but not shared out between jobs on
@@ -166,7 +182,7 @@ _EPS = 1e-12  # float ceil guard: q × (1 − ε) so that an exact integer quoti
 _CAP_MARGIN = 1e-9  # the float price filter lets through pools within this relative margin; checked exactly after
 _FEN = 0.01
 WHOLE_NODE_SHARE = 0.2  # of the workload mix: whole-node demands, one per node size
-_CHUNK = 64  # pools whose free capacity is checked at first (then 4× more each time), best first
+_CHUNK = 64  # pools listed for the exact checks at first (then all the rest), best first
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
 
@@ -571,8 +587,10 @@ class _DemandView:
         "nodes_ok",
         "orders",
         "rate",
+        "room",
         "sharing_ok",
         "size_ok",
+        "synced",
         "whole",
     )
 
@@ -665,6 +683,8 @@ class _DemandView:
             part.west, self.adjusted_rate * (1 - float(config.west_price_tolerance)), self.adjusted_rate
         )
         self.orders: dict[tuple[Objective, bool], np.ndarray] = {}
+        self.room: np.ndarray | None = None  # see _Partition.room
+        self.synced = 0
 
     def order(self, objective: Objective, west: bool) -> np.ndarray:
         """All pools of the partition, best first for the objective (stable: ties keep pool-id order)."""
@@ -742,6 +762,7 @@ class _Partition:
         self.largest_share = np.where(self.units > 0, 1000, 0).astype(np.int64)
         self.most_cpu = self.node_cpu.copy()
         self.most_memory = self.node_memory.copy()
+        self.changed: list[int] = []  # pools refreshed, in order (for the demands' cached room, see room())
         for i, f in enumerate(facts):
             if f.pool.nodes is not None:
                 self.refresh(i, list(f.pool.nodes))
@@ -767,6 +788,7 @@ class _Partition:
         self.largest_share[i] = largest
         self.most_cpu[i] = cpu
         self.most_memory[i] = memory
+        self.changed.append(i)
 
     # -- cached masks ---------------------------------------------------------------------------------------------
 
@@ -834,6 +856,17 @@ class _Partition:
 
     def open_mask(self, ready: int) -> np.ndarray:
         return self._cached(("open", ready), lambda: self.window_start <= ready)
+
+    def room(self, view: _DemandView) -> np.ndarray:
+        """``has_room`` of every pool for the demand, kept per demand and brought up to date only for the pools
+        whose free capacity changed since it was last asked (the partition logs them)."""
+        if view.room is None:
+            view.room = self.has_room(view, np.arange(self.n))
+        elif view.synced < len(self.changed):
+            changed = np.unique(np.fromiter(self.changed[view.synced :], dtype=np.intp))
+            view.room[changed] = self.has_room(view, changed)
+        view.synced = len(self.changed)
+        return view.room
 
     def has_room(self, view: _DemandView, idx: np.ndarray) -> np.ndarray:
         """For pools ``idx``: whether their free capacity now could hold the demand (a necessary condition)."""
@@ -1158,21 +1191,17 @@ class _Market:
             return None
         start = _us(ready)
         evaluation = self.evaluate(part, job, start, counts=False, open_now=True)
+        assert evaluation.view is not None  # noqa: S101 - set by evaluate
+        if start == self.now:
+            np.logical_and(evaluation.alive, part.room(evaluation.view), out=evaluation.alive)
         ranked = self.ranked(part, job, evaluation, capacity_now=False)
-        check_room = start == self.now
         tied: list[_Option] = []
         bound: tuple[float, float, float] | None = None
         checks = 0
         tried = 0  # options that fit, counted against max_tie_candidates (some are only counted, see below)
         head: tuple[Decimal, bool] | None = None  # the best (cost in fen, not west-preferred) among ``tied``
         cheapest = job.objective is Objective.CHEAPEST
-        offset, size = 0, _CHUNK
-        while offset < ranked.size:
-            chunk = ranked[offset : offset + size]
-            offset, size = offset + size, size * 4
-            if check_room:
-                assert evaluation.view is not None  # noqa: S101 - set by evaluate
-                chunk = chunk[part.has_room(evaluation.view, chunk)]
+        for chunk in (ranked[:_CHUNK], ranked[_CHUNK:]):
             for j in chunk.tolist():
                 if bound is not None:
                     if not self._within(job, evaluation, j, bound):
@@ -1467,6 +1496,22 @@ def schedule_cycle(
     config = config or MatchingConfig()
     if len({job.job_id for job in jobs}) != len(jobs):
         raise ValueError("a job is queued twice")
+    if not config.repack or len(jobs) < 2:
+        return _fair_share_pass(jobs, pools, leases, now, config)
+    # the fair-share pass decides which jobs get capacity; its placements are only kept if the repacking fails,
+    # so it first runs without the fragmentation tie-breaks (the cheapest of its fitting options wins)
+    quick = _fair_share_pass(jobs, pools, leases, now, replace(config, max_tie_candidates=1))
+    if len(quick.assignments) > 1 and not quick.preemptions:
+        repacked = _repack(quick, jobs, pools, leases, now, config)
+        if repacked is not None:
+            return repacked
+    return _fair_share_pass(jobs, pools, leases, now, config)
+
+
+def _fair_share_pass(
+    jobs: Sequence[JobSpec], pools: Sequence[PoolOffer], leases: Sequence[Lease], now: datetime, config: MatchingConfig
+) -> CycleResult:
+    """Jobs in fair-share order, each on its best placement given the jobs placed before it."""
     market = _Market(pools, now=now, config=config, leases=leases, jobs=jobs)
     queue = FairShareQueue(jobs, now=now, capacity=market.class_capacity, usage=market.usage, config=config)
     assignments: list[Assignment] = []
@@ -1516,6 +1561,59 @@ def schedule_cycle(
         assignments=tuple(assignments),
         pending=pending,
         preemptions=tuple(preemptions),
+        reservations=tuple(reservations),
+    )
+
+
+def _repack(
+    first: CycleResult,
+    jobs: Sequence[JobSpec],
+    pools: Sequence[PoolOffer],
+    leases: Sequence[Lease],
+    now: datetime,
+    config: MatchingConfig,
+) -> CycleResult | None:
+    """The jobs the fair-share pass placed, placed again on the same market in order of their stakes (the cost
+    the first pass found for them, highest first; then the first pass's order), each on its best placement for
+    its objective; then the first pass's reservations again. The fair-share pass decides *which* jobs get
+    capacity this cycle; this pass only decides *where*: a greedy pass that lets a short slice take the cheap
+    capacity a long 8-device job needed costs the batch far more than the reverse (the saving of a cheaper pool
+    is proportional to size × duration), and placing large demands first also packs nodes better (first fit
+    decreasing). Kept only if every job placed before is placed again, and every reservation is made again, and
+    the batch's total cost is lower; otherwise None (the first pass stands). A single job is placed exactly as
+    in the first pass, so "cheapest" still never takes a costlier pool for a job on its own."""
+    by_id = {job.job_id: job for job in jobs}
+    rank = {a.job_id: i for i, a in enumerate(first.assignments)}
+    order = sorted(first.assignments, key=lambda a: (-a.estimated_cost, rank[a.job_id]))
+    market = _Market(pools, now=now, config=config, leases=leases, jobs=jobs)
+    placed: dict[str, Assignment] = {}
+    for previous in order:
+        job = by_id[previous.job_id]
+        option = market.best(job, job.ready_at(now))
+        if option is None:
+            return None
+        placed[job.job_id] = market.assignment(job, option, market.commit(job, option))
+    reservations = []
+    for reservation in first.reservations:
+        job = by_id[reservation.job_id]
+        again = market.reserve(job, job.ready_at(now))
+        if again is None:
+            return None
+        reservations.append(again)
+    before = sum((a.estimated_cost for a in first.assignments), _ZERO)
+    after = sum((a.estimated_cost for a in placed.values()), _ZERO)
+    if after >= before:
+        return None
+    pending = dict(first.pending)
+    for reservation, again in zip(first.reservations, reservations, strict=True):
+        explanation = pending.get(reservation.job_id)
+        if explanation is not None:
+            note = f"capacity reserved on pool {again.pool_id} from {again.start.isoformat()}"
+            pending[reservation.job_id] = replace(explanation, note=note)
+    return CycleResult(
+        assignments=tuple(placed[a.job_id] for a in first.assignments),
+        pending=pending,
+        preemptions=(),
         reservations=tuple(reservations),
     )
 

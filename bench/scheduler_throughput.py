@@ -1070,7 +1070,12 @@ def main(argv: list[str] | None = None) -> int:
         default="shard",
         help="shard: workers plan the whole queue and each writes its buyers' jobs; none: each plans what it claims",
     )
-    parser.add_argument("--k", type=int, default=20, help="candidate pools per job in the optimum")
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=60,
+        help="candidate pools per job in the optimum (too few raise the optimum: cheap capacity is contested)",
+    )
     parser.add_argument("--solver-seconds", type=float, default=120.0)
     parser.add_argument("--naive-budget", type=float, default=120.0, help="seconds before the naive run extrapolates")
     parser.add_argument("--skip-naive", action="store_true")

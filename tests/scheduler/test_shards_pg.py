@@ -18,6 +18,7 @@ from django.utils import timezone
 from scheduler import services
 from scheduler.domain import matching
 from scheduler.models import HOLDING_LEASE_STATES, Job, Lease
+from scheduler.tasks import run_scheduling_cycle
 from tests import factories
 from tests.concurrency import run_together
 from tests.scheduler.test_concurrency_pg import assert_consistent, build_market, build_queue
@@ -33,10 +34,10 @@ def placements() -> set[tuple[int, int]]:
 
 
 def settle(shards: int = SHARDS) -> None:
-    """Sharded cycles, all shards at once, until none is refused at commit."""
+    """Sharded cycles (the Celery task's body, one per shard, all at once) until none is refused at commit."""
     for _ in range(5):
-        reports = run_together(lambda i: services.cycle_run(shard=(i, shards)), shards)
-        if not any(r.refused_at_commit or r.preempted for r in reports):
+        reports = run_together(lambda i: run_scheduling_cycle(shard=[i, shards]), shards)
+        if not any(r["refused_at_commit"] or r["preempted"] for r in reports):
             return
     raise AssertionError("the shards never settled")
 

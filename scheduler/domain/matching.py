@@ -1081,10 +1081,11 @@ class _Market:
         exclude: frozenset[str] = frozenset(),
     ) -> _Option | None:
         """The job on this pool from ``start``, exactly checked; None if it does not fit."""
-        if static_reason(job, facts, ready) is not None or start < _us(facts.pool.window_start):
+        if start < _us(facts.pool.window_start) or job.stack is not facts.pool.stack:
             return None
         resolved = resolve(job, facts)
-        assert isinstance(resolved, Resolved)  # noqa: S101 - static_reason passed, so the demand resolved
+        if not isinstance(resolved, Resolved) or static_reason(job, facts, ready, resolved) is not None:
+            return None
         return self._packed(job, facts, resolved, start, exclude=exclude)
 
     def _priced(
@@ -1092,10 +1093,11 @@ class _Market:
     ) -> tuple[Resolved, Decimal, bool] | None:
         """The job's exact demand and cost on this pool, and whether the pool is western-preferred for it;
         None if a hard constraint fails (as :meth:`option`, without packing)."""
-        if static_reason(job, facts, ready) is not None or start < _us(facts.pool.window_start):
+        if start < _us(facts.pool.window_start) or job.stack is not facts.pool.stack:
             return None
         resolved = resolve(job, facts)
-        assert isinstance(resolved, Resolved)  # noqa: S101 - static_reason passed, so the demand resolved
+        if not isinstance(resolved, Resolved) or static_reason(job, facts, ready, resolved) is not None:
+            return None
         west = facts.west and job.tolerates_latency(self.config.latency_tolerant_ms)
         return resolved, estimated_cost(facts.pool, resolved, job), west
 

@@ -523,6 +523,9 @@ def _worker(index: int, url: str, limit: int, workers: int, split: str, ready: A
                 "preempted": report.preempted,
                 "seconds": round(time.perf_counter() - t0, 3),
                 "cpu_seconds": round(time.process_time() - c0, 3),
+                "cpu_inputs": round(report.cpu_inputs, 3),
+                "cpu_engine": round(report.cpu_engine, 3),
+                "cpu_writes": round(report.cpu_writes, 3),
                 "at": round(time.perf_counter() - started, 3),
             }
         )
@@ -1145,7 +1148,8 @@ def main(argv: list[str] | None = None) -> int:
             shard = "claimed jobs" if c["shard"] is None else f"shard {c['shard']}"
             print(
                 f"    {shard}: {c['queued']:,} claimed → {c['assigned']:,} placed, {c['refused_at_commit']:,} "
-                f"refused at commit, {c['preempted']} preempted; {c['seconds']:.2f} s ({c['cpu_seconds']:.2f} s CPU)"
+                f"refused at commit, {c['preempted']} preempted; {c['seconds']:.2f} s ({c['cpu_seconds']:.2f} s CPU: "
+                f"reading {c['cpu_inputs']:.2f}, engine {c['cpu_engine']:.2f}, writing {c['cpu_writes']:.2f})"
             )
     print(f"  overbooking check: {checked:,} offers with leases, {overbooked} overbooked")
     for line in findings:

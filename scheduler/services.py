@@ -510,6 +510,8 @@ def _cycle_sharded(*, hub: str | None, limit: int, now: datetime, shard: tuple[i
         rest.reverse()
     chunks = [preempting] if preempting else []
     chunks += [rest[i : i + SHARD_CHUNK] for i in range(0, len(rest), SHARD_CHUNK)]
+    buyers = {mine[a.job_id].buyer_id for a in ours}
+    volume = {buyer: month_to_date_ncu_hours(buyer, now) for buyer in buyers}  # once, not per chunk
     placed: set[str] = set()
     gone = 0  # planned jobs that left the queue (placed or cancelled elsewhere) before this worker wrote them
     reasons: dict[str, str] = {}
@@ -526,7 +528,7 @@ def _cycle_sharded(*, hub: str | None, limit: int, now: datetime, shard: tuple[i
             preemptions = tuple(p for a in chunk for p in victims.get(a.job_id, ()))
             report.preempted += len(_apply_preemptions(preemptions, now=now))
             unfunded: dict[str, str] = {}
-            written = _write_assignments(tuple(chunk), rows, locked, now=now, unfunded=unfunded)
+            written = _write_assignments(tuple(chunk), rows, locked, now=now, unfunded=unfunded, volume=volume)
         report.lease_ids.extend(lease.pk for lease in written)
         placed.update(str(lease.job_id) for lease in written)
         for a in chunk:
@@ -589,6 +591,7 @@ def _write_assignments(
     *,
     now: datetime,
     unfunded: dict[str, str] | None = None,
+    volume: dict[int, Decimal] | None = None,
 ) -> list[Lease]:
     """Lock the offers, re-verify each placement against what is committed
     now, lock the buyers' wallets and hold each lease's estimated cost, and
@@ -604,7 +607,8 @@ def _write_assignments(
         committed[lease.offer_id].extend(selectors.lease_holds(lease))
     buyers = {jobs[a.job_id].buyer_id for a in assignments}
     funds = billing.available_for_update(buyers)
-    volume = {buyer: month_to_date_ncu_hours(buyer, now) for buyer in buyers}
+    if volume is None:  # the buyers' month-to-date NCU-hours (charges only: this cycle's leases do not move them)
+        volume = {buyer: month_to_date_ncu_hours(buyer, now) for buyer in buyers}
     leases: list[Lease] = []
     for a in assignments:
         offer = rows[a.pool_id]

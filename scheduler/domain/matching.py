@@ -102,8 +102,9 @@ job take the cheap capacity that a long 8-device job then misses, though the
 saving of a cheaper pool grows with size × duration; placing large demands
 first also packs nodes better (first fit decreasing). The repacked plan is
 kept only if it places every job the first pass placed, remakes every
-reservation and costs less in total; otherwise (and whenever the first pass
-preempted) the fair-share pass is run again in full and its plan is the
+reservation no later than the first pass did (backfill never delays the
+reserved job), and costs less in total; otherwise (and whenever the first
+pass preempted) the fair-share pass is run again in full and its plan is the
 cycle's. A single job is placed as before, so "cheapest" still never takes a
 costlier pool for a job on its own; in a batch a job may pay a little more
 than its cheapest free pool so that the batch pays less.
@@ -1581,7 +1582,7 @@ def _repack(
     capacity this cycle; this pass only decides *where*: a greedy pass that lets a short slice take the cheap
     capacity a long 8-device job needed costs the batch far more than the reverse (the saving of a cheaper pool
     is proportional to size × duration), and placing large demands first also packs nodes better (first fit
-    decreasing). Kept only if every job placed before is placed again, and every reservation is made again, and
+    decreasing). Kept only if every job placed before is placed again, every reservation is made again no later, and
     the batch's total cost is lower; otherwise None (the first pass stands). A single job is placed exactly as
     in the first pass, so "cheapest" still never takes a costlier pool for a job on its own."""
     by_id = {job.job_id: job for job in jobs}
@@ -1599,8 +1600,8 @@ def _repack(
     for reservation in first.reservations:
         job = by_id[reservation.job_id]
         again = market.reserve(job, job.ready_at(now))
-        if again is None:
-            return None
+        if again is None or again.start > reservation.start:
+            return None  # the repacked plan would delay the job the first pass reserved for (backfill's promise)
         reservations.append(again)
     before = sum((a.estimated_cost for a in first.assignments), _ZERO)
     after = sum((a.estimated_cost for a in placed.values()), _ZERO)

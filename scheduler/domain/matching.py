@@ -92,7 +92,14 @@ that is within ``lookahead``). A job that cannot be placed now:
    reservation starts or leave it the capacity it needs;
 3. and it stays pending with its explanation.
 
-**Repacking** (``MatchingConfig.repack``, on by default). The fair-share pass
+**Stakes and repacking** (``MatchingConfig.repack``, on by default). A
+cycle first places every job in order of its stakes — the cost of its
+cheapest pool that passes the static checks, highest first. If every job it
+cannot place can never run in this market (no pool passes the static
+checks), nobody had to wait for capacity: the fair-share pass could not have
+placed any job this plan leaves out, so fair share had nothing to decide and
+this plan stands. As soon as a job ready now is blocked by capacity (or by an
+offer not open yet) the queue is contested: the fair-share pass
 decides which jobs get capacity this cycle (it runs without the fragmentation
 tie-breaks, for speed); then the jobs it placed are placed again on the same
 market in order of their stakes — the cost the first pass found, highest
@@ -1501,6 +1508,9 @@ def schedule_cycle(
         raise ValueError("a job is queued twice")
     if not config.repack or len(jobs) < 2:
         return _fair_share_pass(jobs, pools, leases, now, config)
+    uncontested = _stakes_pass(jobs, pools, leases, now, config)
+    if uncontested is not None:
+        return uncontested
     # the fair-share pass decides which jobs get capacity; its placements are only kept if the repacking fails,
     # so it first runs without the fragmentation tie-breaks (the cheapest of its fitting options wins)
     quick = _fair_share_pass(jobs, pools, leases, now, replace(config, max_tie_candidates=1))
@@ -1566,6 +1576,48 @@ def _fair_share_pass(
         preemptions=tuple(preemptions),
         reservations=tuple(reservations),
     )
+
+
+def _stakes_pass(
+    jobs: Sequence[JobSpec], pools: Sequence[PoolOffer], leases: Sequence[Lease], now: datetime, config: MatchingConfig
+) -> CycleResult | None:
+    """Every job in order of its stakes (the cost of its cheapest pool that passes the static checks, highest
+    first), each on its best placement; None as soon as a job ready now cannot be placed though some pool could
+    take it (capacity, or an offer not open yet): then the queue is contested and the fair-share pass must decide
+    who gets capacity. When it returns a plan, every job it left pending can never run in this market (or waits
+    for its own earliest start), so the fair-share pass could not have placed any job this plan leaves out:
+    who gets capacity was never at stake, only where, and this is the repacked plan at the price of one pass."""
+    market = _Market(pools, now=now, config=config, leases=leases, jobs=jobs)
+    later = now + config.lookahead
+    stakes: dict[str, float] = {}
+    for job in jobs:
+        ready = job.ready_at(now)
+        part = market.partitions.get(job.stack)
+        stake = 0.0
+        if part is not None and ready <= later:
+            evaluation = market.evaluate(part, job, _us(ready), counts=False, open_now=False)
+            assert evaluation.view is not None  # noqa: S101 - set by evaluate
+            if evaluation.alive.any():
+                stake = float(evaluation.view.rate[evaluation.alive].min()) * evaluation.hours
+        stakes[job.job_id] = stake
+    assignments: list[Assignment] = []
+    pending: dict[str, Explanation] = {}
+    for job in sorted(jobs, key=lambda j: (-stakes[j.job_id], j.submitted_at, j.job_id)):
+        ready = job.ready_at(now)
+        if ready > later:
+            pending[job.job_id] = market.explain(
+                job, ready, occupancy=False, note=f"waits for its earliest start {ready.isoformat()}"
+            )
+            continue
+        option = market.best(job, ready)
+        if option is None:
+            explanation = market.explain(job, ready, occupancy=True)
+            if not explanation.never_fits:
+                return None
+            pending[job.job_id] = explanation
+            continue
+        assignments.append(market.assignment(job, option, market.commit(job, option)))
+    return CycleResult(assignments=tuple(assignments), pending=pending)
 
 
 def _repack(

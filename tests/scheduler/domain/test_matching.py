@@ -424,6 +424,15 @@ def test_the_cheap_capacity_goes_to_the_job_that_saves_most_on_it_once_fair_shar
     assert only(alone.assignments, "short-slice").pool_id == "cheap", "a job on its own still gets the cheapest"
 
 
+def test_when_capacity_is_contested_fair_share_not_the_stakes_decides_who_gets_it():
+    pools = [make_pool("only", nodes=1)]
+    small = make_job("small-first", org="org-a", accelerators=1, hours=0.5, submitted=NOW - timedelta(hours=2))
+    big = make_job("big-later", org="org-b", accelerators=8, hours=10, submitted=NOW - timedelta(hours=1))
+    result = schedule_cycle([small, big], pools, [], NOW)
+    assert [a.job_id for a in result.assignments] == ["small-first"]  # older, so first in line; the big job waits
+    assert "no free capacity" in result.pending["big-later"].message
+
+
 def test_an_on_demand_job_preempts_an_interruptible_lease_when_nothing_else_fits():
     pools = [make_pool("p", nodes=1), make_pool("q", nodes=1)]
     leases = [

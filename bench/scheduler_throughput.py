@@ -488,15 +488,15 @@ def make_market(*, pools: int, jobs: int, seed: int, now: datetime) -> Setup:
 def _worker(index: int, url: str, limit: int, workers: int, split: str, ready: Any, go: Any, results: Any) -> None:
     """One scheduling worker: cycles until nothing it can claim can be placed.
 
-    ``split="shard"``: the worker's first cycle is ``cycle_run(shard=(index, workers))``: it claims the queued jobs of
-    buyers whose id is ``index`` mod workers and matches them against the offers whose id is ``index`` mod workers,
-    so the workers' big first batches never propose the same capacity (nothing is refused at commit) and never wait
-    for each other's buyers' wallet locks. Later cycles see the whole market (and write every pending job's reason).
-    ``split="none"``: every cycle sees the whole market, each claiming up to ``limit`` jobs.
+    ``split="shard"``: every cycle is ``cycle_run(shard=(index, workers))``: the worker plans the whole queue on the
+    whole market (as every worker does, so they compute the same plan) and writes the placements of the jobs of
+    buyers whose id is ``index`` mod workers; the workers' placements do not collide and they never wait for each
+    other's buyers' wallet locks. ``split="none"``: every cycle claims up to ``limit`` jobs (``SKIP LOCKED``) and
+    plans only those, so the workers propose the same capacity and the losers are refused at commit.
 
-    A whole-market cycle with nothing refused at commit and nothing preempted has tried every job it claimed against
-    every offer with what is committed; in this bench no lease ends, so free capacity only shrinks and those jobs
-    can never be placed: the worker stops. It also stops when it can claim nothing (another worker holds the rest)."""
+    A cycle with nothing refused at commit and nothing preempted has tried every job it planned against every offer
+    with what is committed; in this bench no lease ends, so free capacity only shrinks and those jobs can never be
+    placed: the worker stops. It also stops when it has no job to place."""
     django_setup(url)
     from django.db import connection
 
@@ -523,16 +523,18 @@ def _worker(index: int, url: str, limit: int, workers: int, split: str, ready: A
                 "preempted": report.preempted,
                 "seconds": round(time.perf_counter() - t0, 3),
                 "cpu_seconds": round(time.process_time() - c0, 3),
+                "cpu_inputs": round(report.cpu_inputs, 3),
+                "cpu_engine": round(report.cpu_engine, 3),
+                "cpu_writes": round(report.cpu_writes, 3),
                 "at": round(time.perf_counter() - started, 3),
             }
         )
         if report.queued == 0:
             break
-        if shard is None and not (report.refused_at_commit or report.preempted):
+        if not (report.refused_at_commit or report.preempted):
             break
         if len(cycles) >= MAX_CYCLES:
             break
-        shard = None
     results.put({"worker": index, "cycles": cycles, "seconds": time.perf_counter() - started})
     connection.close()
 
@@ -1069,9 +1071,14 @@ def main(argv: list[str] | None = None) -> int:
         "--split",
         choices=["shard", "none"],
         default="shard",
-        help="shard: each worker's first cycle sees a disjoint shard of the offers; none: every cycle the whole market",
+        help="shard: workers plan the whole queue and each writes its buyers' jobs; none: each plans what it claims",
     )
-    parser.add_argument("--k", type=int, default=20, help="candidate pools per job in the optimum")
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=60,
+        help="candidate pools per job in the optimum (too few raise the optimum: cheap capacity is contested)",
+    )
     parser.add_argument("--solver-seconds", type=float, default=120.0)
     parser.add_argument("--naive-budget", type=float, default=120.0, help="seconds before the naive run extrapolates")
     parser.add_argument("--skip-naive", action="store_true")
@@ -1125,7 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
     checked, overbooked, findings = overbooked_offers()
     jobs_per_s = placed / run.seconds if run.seconds else 0.0
     print()
-    split = "first cycles on disjoint offer shards" if args.split == "shard" else "whole market in every cycle"
+    split = "whole queue planned, jobs split by buyer" if args.split == "shard" else "each plans the jobs it claims"
     print(
         f"ours: {placed:,} jobs placed in {run.seconds:.2f} s = {jobs_per_s:,.0f} jobs/s "
         f"({args.workers} workers, {split}, up to {limit:,} jobs claimed per cycle); {still_queued:,} left queued"
@@ -1138,10 +1145,11 @@ def main(argv: list[str] | None = None) -> int:
     for w in run.workers:
         print(f"  worker {w['worker']}: {len(w['cycles'])} cycles, {w['seconds']:.2f} s")
         for c in w["cycles"]:
-            shard = "whole market" if c["shard"] is None else f"shard {c['shard']}"
+            shard = "claimed jobs" if c["shard"] is None else f"shard {c['shard']}"
             print(
                 f"    {shard}: {c['queued']:,} claimed → {c['assigned']:,} placed, {c['refused_at_commit']:,} "
-                f"refused at commit, {c['preempted']} preempted; {c['seconds']:.2f} s ({c['cpu_seconds']:.2f} s CPU)"
+                f"refused at commit, {c['preempted']} preempted; {c['seconds']:.2f} s ({c['cpu_seconds']:.2f} s CPU: "
+                f"reading {c['cpu_inputs']:.2f}, engine {c['cpu_engine']:.2f}, writing {c['cpu_writes']:.2f})"
             )
     print(f"  overbooking check: {checked:,} offers with leases, {overbooked} overbooked")
     for line in findings:

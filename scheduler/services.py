@@ -6,6 +6,7 @@ and lease status change only through :func:`job_transition` and
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -14,7 +15,6 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Q, Sum
-from django.db.models.functions import Mod
 from django.utils import timezone
 
 from billing import services as billing
@@ -398,6 +398,10 @@ class CycleReport:
     preempted: int = 0
     seconds: float = 0.0
     lease_ids: list[int] = field(default_factory=list)
+    # CPU seconds of this process: reading the market, the matching engine, writing (PostgreSQL's own not counted)
+    cpu_inputs: float = 0.0
+    cpu_engine: float = 0.0
+    cpu_writes: float = 0.0
 
 
 def cycle_run(
@@ -415,30 +419,33 @@ def cycle_run(
     is one transaction, so a worker killed mid-cycle leaves no half-made
     lease and its jobs stay queued.
 
-    ``shard=(index, count)`` claims only jobs of buyers whose id is ``index``
-    modulo ``count`` and matches them against the offers whose id is
-    ``index`` modulo ``count``: workers given different shards never propose
-    the same capacity (none of their placements is refused at commit) nor
-    wait for each other's buyers' wallets. A job left pending stays queued
-    for a later cycle (of the whole market, or another shard), and its
-    pending reason is left as the last whole-market cycle wrote it."""
+    ``shard=(index, count)``: see :func:`_cycle_sharded` (workers split the
+    jobs by buyer, each plans the whole queue on the whole market)."""
     started = timezone.now()
     now = now or started
     report = CycleReport()
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index} of {count} does not exist")
+        _cycle_sharded(hub=hub, limit=limit, now=now, shard=shard, report=report)
+        report.seconds = (timezone.now() - started).total_seconds()
+        return report
     with transaction.atomic():
         claimed = Job.objects.select_for_update(skip_locked=True).filter(status=JobStatus.QUEUED)
         if hub:
             claimed = claimed.filter(_hub_shard_q(hub))
-        if shard is not None:
-            claimed = claimed.alias(buyer_shard=Mod("buyer_id", shard[1])).filter(buyer_shard=shard[0])
         jobs = list(claimed.order_by("queued_at", "id")[:limit])
         report.queued = len(jobs)
         if not jobs:
             return report
-        pool_offers, leases, rows = selectors.engine_inputs(now=now, hub=hub, shard=shard)
+        cpu = time.process_time()
+        pool_offers, leases, rows = selectors.engine_inputs(now=now, hub=hub)
         by_id = {str(job.pk): job for job in jobs}
         specs = [job_spec(job) for job in jobs]
+        report.cpu_inputs, cpu = time.process_time() - cpu, time.process_time()
         result = matching.schedule_cycle(specs, pool_offers, leases, now)
+        report.cpu_engine, cpu = time.process_time() - cpu, time.process_time()
         preempted_jobs = _apply_preemptions(result.preemptions, now=now)
         report.preempted = len(preempted_jobs)
         unfunded: dict[str, str] = {}
@@ -451,7 +458,7 @@ def cycle_run(
         for job_id, explanation in result.pending.items():
             job = by_id[job_id]
             message = explanation.message
-            if shard is None and job.pending_reason != message:
+            if job.pending_reason != message:
                 job.pending_reason = message
                 job.pending_detail = explanation.as_dict()
                 pending_updates.append(job)
@@ -464,8 +471,105 @@ def cycle_run(
                 pending_updates.append(job)
         Job.objects.bulk_update(pending_updates, ["pending_reason", "pending_detail"], batch_size=1000)
         report.pending = len(result.pending) + report.refused_at_commit
+        report.cpu_writes = time.process_time() - cpu
     report.seconds = (timezone.now() - started).total_seconds()
     return report
+
+
+SHARD_CHUNK = 500  # leases a sharded worker writes per transaction
+
+
+def _cycle_sharded(*, hub: str | None, limit: int, now: datetime, shard: tuple[int, int], report: CycleReport) -> None:
+    """One cycle of worker ``index`` of ``count``: it owns the queued jobs of buyers whose id is ``index`` modulo
+    ``count``, but plans the whole queue (up to ``limit`` jobs, oldest first) on the whole market, read without
+    locks, and writes only the placements of its own jobs. The engine is deterministic, so workers that read the
+    same queue and leases compute the same plan, each writes its part of it and their placements never collide:
+    every job may use every offer (no cost lost to a split market) and fair share is taken over all buyers. A
+    worker that read a different state (another worker wrote meanwhile) may plan capacity that is gone: the
+    write re-verifies every placement under the offers' row locks and leaves a refused job queued for the next
+    cycle, so capacity is never overbooked.
+
+    The placements are written in transactions of ``SHARD_CHUNK`` leases, each locking its jobs (``SKIP
+    LOCKED``, still queued), then its offers in id order, then its buyers' wallets, so workers wait for each
+    other only chunk by chunk, never for a whole cycle; workers take their chunks in opposite offer-id order
+    (odd shards from the top), so they meet on the same offers at most once. A worker killed mid-cycle leaves
+    whole chunks written and the rest of its jobs queued: no half-made lease. Its jobs left pending get their
+    reason (under their row locks, only if still queued)."""
+    index, count = shard
+    queued = Job.objects.filter(status=JobStatus.QUEUED)
+    if hub:
+        queued = queued.filter(_hub_shard_q(hub))
+    jobs = list(queued.order_by("queued_at", "id")[:limit])
+    mine = {str(job.pk): job for job in jobs if job.buyer_id % count == index}
+    report.queued = len(mine)
+    if not mine:
+        return
+    cpu = time.process_time()
+    pool_offers, leases, rows = selectors.engine_inputs(now=now, hub=hub)
+    specs = [job_spec(job) for job in jobs]
+    report.cpu_inputs, cpu = time.process_time() - cpu, time.process_time()
+    result = matching.schedule_cycle(specs, pool_offers, leases, now)
+    report.cpu_engine, cpu = time.process_time() - cpu, time.process_time()
+    ours = [a for a in result.assignments if a.job_id in mine]
+    victims: dict[str, list[matching.Preemption]] = defaultdict(list)
+    for preemption in result.preemptions:
+        if preemption.by_job_id in mine:
+            victims[preemption.by_job_id].append(preemption)
+    # the placements that preempt go first, in a transaction of their own; then the rest by offer id
+    preempting = [a for a in ours if a.job_id in victims]
+    rest = sorted((a for a in ours if a.job_id not in victims), key=lambda a: (rows[a.pool_id].pk, a.job_id))
+    if index % 2:
+        rest.reverse()
+    chunks = [preempting] if preempting else []
+    chunks += [rest[i : i + SHARD_CHUNK] for i in range(0, len(rest), SHARD_CHUNK)]
+    buyers = {mine[a.job_id].buyer_id for a in ours}
+    volume = {buyer: month_to_date_ncu_hours(buyer, now) for buyer in buyers}  # once, not per chunk
+    placed: set[str] = set()
+    gone = 0  # planned jobs that left the queue (placed or cancelled elsewhere) before this worker wrote them
+    reasons: dict[str, str] = {}
+    for chunk in chunks:
+        with transaction.atomic():
+            locked = {
+                str(job.pk): job
+                for job in Job.objects.select_for_update(skip_locked=True).filter(
+                    pk__in=[int(a.job_id) for a in chunk], status=JobStatus.QUEUED
+                )
+            }
+            gone += len(chunk) - len(locked)
+            chunk = [a for a in chunk if a.job_id in locked]
+            preemptions = tuple(p for a in chunk for p in victims.get(a.job_id, ()))
+            report.preempted += len(_apply_preemptions(preemptions, now=now))
+            unfunded: dict[str, str] = {}
+            written = _write_assignments(tuple(chunk), rows, locked, now=now, unfunded=unfunded, volume=volume)
+        report.lease_ids.extend(lease.pk for lease in written)
+        placed.update(str(lease.job_id) for lease in written)
+        for a in chunk:
+            if a.job_id not in placed:
+                reasons[a.job_id] = unfunded.get(
+                    a.job_id, "capacity was taken by another scheduler meanwhile; retrying next cycle"
+                )
+    report.cpu_writes = time.process_time() - cpu
+    report.assigned = len(placed)
+    report.refused_at_commit = len(ours) - len(placed) - gone
+    details: dict[str, dict[str, Any]] = {}
+    for job_id, explanation in result.pending.items():
+        if job_id in mine:
+            reasons[job_id] = explanation.message
+            details[job_id] = explanation.as_dict()
+    report.pending = len(result.pending.keys() & mine.keys()) + report.refused_at_commit
+    # a job placed elsewhere since the reading has no reason to be given
+    changed = [job_id for job_id, message in reasons.items() if mine[job_id].pending_reason != message]
+    if not changed:
+        return
+    with transaction.atomic():
+        updates = []
+        for job in Job.objects.select_for_update(skip_locked=True).filter(
+            pk__in=[int(job_id) for job_id in changed], status=JobStatus.QUEUED
+        ):
+            job.pending_reason = reasons[str(job.pk)]
+            job.pending_detail = details.get(str(job.pk), {})
+            updates.append(job)
+        Job.objects.bulk_update(updates, ["pending_reason", "pending_detail"], batch_size=1000)
 
 
 def _hub_shard_q(hub: str):
@@ -500,6 +604,7 @@ def _write_assignments(
     *,
     now: datetime,
     unfunded: dict[str, str] | None = None,
+    volume: dict[int, Decimal] | None = None,
 ) -> list[Lease]:
     """Lock the offers, re-verify each placement against what is committed
     now, lock the buyers' wallets and hold each lease's estimated cost, and
@@ -515,7 +620,8 @@ def _write_assignments(
         committed[lease.offer_id].extend(selectors.lease_holds(lease))
     buyers = {jobs[a.job_id].buyer_id for a in assignments}
     funds = billing.available_for_update(buyers)
-    volume = {buyer: month_to_date_ncu_hours(buyer, now) for buyer in buyers}
+    if volume is None:  # the buyers' month-to-date NCU-hours (charges only: this cycle's leases do not move them)
+        volume = {buyer: month_to_date_ncu_hours(buyer, now) for buyer in buyers}
     leases: list[Lease] = []
     for a in assignments:
         offer = rows[a.pool_id]

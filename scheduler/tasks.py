@@ -15,14 +15,16 @@ from scheduler import services
     retry_backoff=True,
     max_retries=5,
 )
-def run_scheduling_cycle(hub: str | None = None) -> dict[str, float | int]:
-    """Run one scheduling cycle (all hubs, or one hub's shard). Idempotent:
-    a cycle only places jobs that are still queued."""
-    report = services.cycle_run(hub=hub)
+def run_scheduling_cycle(hub: str | None = None, shard: list[int] | None = None) -> dict[str, float | int]:
+    """Run one scheduling cycle (all hubs, or one hub's shard; ``shard=[i, n]``:
+    worker i of n, which writes its buyers' part of the plan of the whole
+    queue). Idempotent: a cycle only places jobs that are still queued."""
+    report = services.cycle_run(hub=hub, shard=None if shard is None else (int(shard[0]), int(shard[1])))
     return {
         "queued": report.queued,
         "assigned": report.assigned,
         "pending": report.pending,
+        "refused_at_commit": report.refused_at_commit,
         "preempted": report.preempted,
         "seconds": report.seconds,
     }

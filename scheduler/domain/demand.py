@@ -408,6 +408,8 @@ class MatchingConfig:
     reservation_pool_limit: int = 64
     preemption: bool = True
     preemption_pool_limit: int = 8
+    # after the fair-share pass, the jobs it placed are placed again, highest stakes first, when that is cheaper
+    repack: bool = True
     # quotes
     quote_pool_limit: int = 64
 
@@ -531,6 +533,7 @@ def _ceil(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_CEILING))
 
 
+@lru_cache(maxsize=4096)
 def duration_hours(duration: timedelta) -> Decimal:
     """Exact hours of a duration (no float on the way)."""
     return Decimal(duration // timedelta(microseconds=1)) / _HOUR_US
@@ -640,17 +643,21 @@ def estimated_cost(pool: PoolOffer, resolved: Resolved, job: JobSpec) -> Decimal
     return pool.unit_price * resolved.ncu * duration_hours(job.duration)
 
 
-def static_reason(job: JobSpec, facts: PoolFacts, ready: datetime) -> Reason | None:
+def static_reason(
+    job: JobSpec, facts: PoolFacts, ready: datetime, resolved: Resolved | Reason | None = None
+) -> Reason | None:
     """The first reason (in :class:`Reason` order) the pool can never take the job, or None.
 
     This is the exact reference check; the engine's vectorised filter gives the
-    same answers and every assignment is checked again here before it is made."""
+    same answers and every assignment is checked again here before it is made.
+    ``resolved``: ``resolve(job, facts)`` when the caller has it already."""
     pool = facts.pool
     if pool.stack is not job.stack:
         return Reason.WRONG_STACK
     if job.cpu_architecture is not None and pool.cpu_architecture is not job.cpu_architecture:
         return Reason.WRONG_ARCHITECTURE
-    resolved = resolve(job, facts)
+    if resolved is None:
+        resolved = resolve(job, facts)
     if resolved is Reason.WRONG_DEVICE:
         return resolved
     if job.domestic_only and not pool.domestic:

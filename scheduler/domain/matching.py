@@ -92,6 +92,30 @@ that is within ``lookahead``). A job that cannot be placed now:
    reservation starts or leave it the capacity it needs;
 3. and it stays pending with its explanation.
 
+**Stakes and repacking** (``MatchingConfig.repack``, on by default). A
+cycle first places every job in order of its stakes — the cost of its
+cheapest pool that passes the static checks, highest first. If every job it
+cannot place can never run in this market (no pool passes the static
+checks), nobody had to wait for capacity: the fair-share pass could not have
+placed any job this plan leaves out, so fair share had nothing to decide and
+this plan stands. As soon as a job ready now is blocked by capacity (or by an
+offer not open yet) the queue is contested: the fair-share pass
+decides which jobs get capacity this cycle (it runs without the fragmentation
+tie-breaks, for speed); then the jobs it placed are placed again on the same
+market in order of their stakes — the cost the first pass found, highest
+first — each on its best placement for its objective, and the backfill
+reservations are made again. A greedy pass in fair-share order lets a short
+job take the cheap capacity that a long 8-device job then misses, though the
+saving of a cheaper pool grows with size × duration; placing large demands
+first also packs nodes better (first fit decreasing). The repacked plan is
+kept only if it places every job the first pass placed, remakes every
+reservation no later than the first pass did (backfill never delays the
+reserved job), and costs less in total; otherwise (and whenever the first
+pass preempted) the fair-share pass is run again in full and its plan is the
+cycle's. A single job is placed as before, so "cheapest" still never takes a
+costlier pool for a job on its own; in a batch a job may pay a little more
+than its cheapest free pool so that the batch pays less.
+
 Limits, by design: ``max_exact_checks`` pools are tried in full per job after
 the vectorised filter (it almost always passes the first); local storage is
 checked per node against the job's need but not shared out between jobs on
@@ -134,6 +158,7 @@ from scheduler.domain.demand import (
 )
 from scheduler.domain.packing import (
     Cluster,
+    NodeShape,
     NodeState,
     Placement,
     SliceDemand,
@@ -165,7 +190,7 @@ _EPS = 1e-12  # float ceil guard: q × (1 − ε) so that an exact integer quoti
 _CAP_MARGIN = 1e-9  # the float price filter lets through pools within this relative margin; checked exactly after
 _FEN = 0.01
 WHOLE_NODE_SHARE = 0.2  # of the workload mix: whole-node demands, one per node size
-_CHUNK = 64  # pools whose free capacity is checked at first (then 4× more each time), best first
+_CHUNK = 64  # pools listed for the exact checks at first (then all the rest), best first
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
 
@@ -570,8 +595,10 @@ class _DemandView:
         "nodes_ok",
         "orders",
         "rate",
+        "room",
         "sharing_ok",
         "size_ok",
+        "synced",
         "whole",
     )
 
@@ -664,6 +691,8 @@ class _DemandView:
             part.west, self.adjusted_rate * (1 - float(config.west_price_tolerance)), self.adjusted_rate
         )
         self.orders: dict[tuple[Objective, bool], np.ndarray] = {}
+        self.room: np.ndarray | None = None  # see _Partition.room
+        self.synced = 0
 
     def order(self, objective: Objective, west: bool) -> np.ndarray:
         """All pools of the partition, best first for the objective (stable: ties keep pool-id order)."""
@@ -741,6 +770,7 @@ class _Partition:
         self.largest_share = np.where(self.units > 0, 1000, 0).astype(np.int64)
         self.most_cpu = self.node_cpu.copy()
         self.most_memory = self.node_memory.copy()
+        self.changed: list[int] = []  # pools refreshed, in order (for the demands' cached room, see room())
         for i, f in enumerate(facts):
             if f.pool.nodes is not None:
                 self.refresh(i, list(f.pool.nodes))
@@ -766,6 +796,7 @@ class _Partition:
         self.largest_share[i] = largest
         self.most_cpu[i] = cpu
         self.most_memory[i] = memory
+        self.changed.append(i)
 
     # -- cached masks ---------------------------------------------------------------------------------------------
 
@@ -833,6 +864,17 @@ class _Partition:
 
     def open_mask(self, ready: int) -> np.ndarray:
         return self._cached(("open", ready), lambda: self.window_start <= ready)
+
+    def room(self, view: _DemandView) -> np.ndarray:
+        """``has_room`` of every pool for the demand, kept per demand and brought up to date only for the pools
+        whose free capacity changed since it was last asked (the partition logs them)."""
+        if view.room is None:
+            view.room = self.has_room(view, np.arange(self.n))
+        elif view.synced < len(self.changed):
+            changed = np.unique(np.fromiter(self.changed[view.synced :], dtype=np.intp))
+            view.room[changed] = self.has_room(view, changed)
+        view.synced = len(self.changed)
+        return view.room
 
     def has_room(self, view: _DemandView, idx: np.ndarray) -> np.ndarray:
         """For pools ``idx``: whether their free capacity now could hold the demand (a necessary condition)."""
@@ -930,6 +972,7 @@ class _Market:
                 if self.where[pool_id][0] is stack:
                     part.refresh(self.where[pool_id][1], state.now_nodes())
         self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
+        self._frag_cache: dict[tuple[NodeShape, int, int, tuple[int, ...]], float] = {}
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -1046,10 +1089,29 @@ class _Market:
         exclude: frozenset[str] = frozenset(),
     ) -> _Option | None:
         """The job on this pool from ``start``, exactly checked; None if it does not fit."""
-        if static_reason(job, facts, ready) is not None or start < _us(facts.pool.window_start):
+        if start < _us(facts.pool.window_start) or job.stack is not facts.pool.stack:
             return None
         resolved = resolve(job, facts)
-        assert isinstance(resolved, Resolved)  # noqa: S101 - static_reason passed, so the demand resolved
+        if not isinstance(resolved, Resolved) or static_reason(job, facts, ready, resolved) is not None:
+            return None
+        return self._packed(job, facts, resolved, start, exclude=exclude)
+
+    def _priced(
+        self, job: JobSpec, facts: PoolFacts, ready: datetime, start: int
+    ) -> tuple[Resolved, Decimal, bool] | None:
+        """The job's exact demand and cost on this pool, and whether the pool is western-preferred for it;
+        None if a hard constraint fails (as :meth:`option`, without packing)."""
+        if start < _us(facts.pool.window_start) or job.stack is not facts.pool.stack:
+            return None
+        resolved = resolve(job, facts)
+        if not isinstance(resolved, Resolved) or static_reason(job, facts, ready, resolved) is not None:
+            return None
+        west = facts.west and job.tolerates_latency(self.config.latency_tolerant_ms)
+        return resolved, estimated_cost(facts.pool, resolved, job), west
+
+    def _packed(
+        self, job: JobSpec, facts: PoolFacts, resolved: Resolved, start: int, *, exclude: frozenset[str] = frozenset()
+    ) -> _Option | None:
         end = start + job.duration // _US
         placed = self.state(facts).place(
             resolved.demand, resolved.nodes, start, end, policy=self.config.policy, mix=self.mix, exclude=exclude
@@ -1110,12 +1172,27 @@ class _Market:
         if self.mix is None:
             return 0.0
         growth = 0.0
+        demand = option.resolved.demand
         for placement in option.placements:
             node = option.nodes_used[placement.node]
-            after = node.copy()
-            after.allocate(placement, option.resolved.demand)
-            growth += fragmentation(after, self.mix) - fragmentation(node, self.mix)
+            free = node.free_milli
+            after = list(free)
+            for d in placement.devices:
+                after[d] -= placement.accelerator_milli
+            growth += self._fragmentation(
+                node.shape, node.free_cpu_milli - demand.cpu_milli, node.free_memory_mib - demand.memory_mib, after
+            ) - self._fragmentation(node.shape, node.free_cpu_milli, node.free_memory_mib, free)
         return growth
+
+    def _fragmentation(self, shape: NodeShape, cpu: int, memory: int, free: list[int]) -> float:
+        """``packing.fragmentation`` of a node in this state against the cycle's mix, memoised: most nodes the
+        cycle looks at are in one of a few states (whole, or one common task short of whole)."""
+        key = (shape, cpu, memory, tuple(free))
+        value = self._frag_cache.get(key)
+        if value is None:
+            assert self.mix is not None  # noqa: S101 - only asked with a mix
+            value = self._frag_cache[key] = fragmentation(NodeState(shape, cpu, memory, free), self.mix)
+        return value
 
     def best(self, job: JobSpec, ready: datetime) -> _Option | None:
         """The best placement of the job starting at ``ready`` (now or within the lookahead)."""
@@ -1124,18 +1201,17 @@ class _Market:
             return None
         start = _us(ready)
         evaluation = self.evaluate(part, job, start, counts=False, open_now=True)
+        assert evaluation.view is not None  # noqa: S101 - set by evaluate
+        if start == self.now:
+            np.logical_and(evaluation.alive, part.room(evaluation.view), out=evaluation.alive)
         ranked = self.ranked(part, job, evaluation, capacity_now=False)
-        check_room = start == self.now
         tied: list[_Option] = []
         bound: tuple[float, float, float] | None = None
         checks = 0
-        offset, size = 0, _CHUNK
-        while offset < ranked.size:
-            chunk = ranked[offset : offset + size]
-            offset, size = offset + size, size * 4
-            if check_room:
-                assert evaluation.view is not None  # noqa: S101 - set by evaluate
-                chunk = chunk[part.has_room(evaluation.view, chunk)]
+        tried = 0  # options that fit, counted against max_tie_candidates (some are only counted, see below)
+        head: tuple[Decimal, bool] | None = None  # the best (cost in fen, not west-preferred) among ``tied``
+        cheapest = job.objective is Objective.CHEAPEST
+        for chunk in (ranked[:_CHUNK], ranked[_CHUNK:]):
             for j in chunk.tolist():
                 if bound is not None:
                     if not self._within(job, evaluation, j, bound):
@@ -1143,13 +1219,35 @@ class _Market:
                 elif checks >= self.config.max_exact_checks:
                     return None
                 checks += 1
-                option = self.option(job, part.facts[j], ready, start)
+                facts = part.facts[j]
+                if cheapest and head is not None:
+                    # the cheapest objective's first keys are exact before packing: a pool dearer to the fen (or
+                    # as dear, without the western preference the best has) cannot be picked, so it is only
+                    # checked for fitting (it still counts against max_tie_candidates), not packed and scored
+                    found = self._priced(job, facts, ready, start)
+                    if found is None:
+                        continue
+                    resolved, cost, west = found
+                    if (to_fen(cost), not west) > head:
+                        end = start + job.duration // _US
+                        if self.state(facts).feasible(resolved.demand, resolved.nodes, start, end):
+                            tried += 1
+                            if tried >= self.config.max_tie_candidates:
+                                return self._pick(job, tied)
+                        continue
+                    option = self._packed(job, facts, resolved, start)
+                else:
+                    option = self.option(job, facts, ready, start)
                 if option is None:
                     continue
                 if bound is None:
                     bound = (evaluation.cost(j), evaluation.carbon(j), evaluation.adjusted(j))
                 tied.append(option)
-                if len(tied) >= self.config.max_tie_candidates:
+                if cheapest:
+                    first = (to_fen(option.cost), not option.west_preferred)
+                    head = first if head is None else min(head, first)
+                tried += 1
+                if tried >= self.config.max_tie_candidates:
                     return self._pick(job, tied)
         return self._pick(job, tied) if tied else None
 
@@ -1408,6 +1506,25 @@ def schedule_cycle(
     config = config or MatchingConfig()
     if len({job.job_id for job in jobs}) != len(jobs):
         raise ValueError("a job is queued twice")
+    if not config.repack or len(jobs) < 2:
+        return _fair_share_pass(jobs, pools, leases, now, config)
+    uncontested = _stakes_pass(jobs, pools, leases, now, config)
+    if uncontested is not None:
+        return uncontested
+    # the fair-share pass decides which jobs get capacity; its placements are only kept if the repacking fails,
+    # so it first runs without the fragmentation tie-breaks (the cheapest of its fitting options wins)
+    quick = _fair_share_pass(jobs, pools, leases, now, replace(config, max_tie_candidates=1))
+    if len(quick.assignments) > 1 and not quick.preemptions:
+        repacked = _repack(quick, jobs, pools, leases, now, config)
+        if repacked is not None:
+            return repacked
+    return _fair_share_pass(jobs, pools, leases, now, config)
+
+
+def _fair_share_pass(
+    jobs: Sequence[JobSpec], pools: Sequence[PoolOffer], leases: Sequence[Lease], now: datetime, config: MatchingConfig
+) -> CycleResult:
+    """Jobs in fair-share order, each on its best placement given the jobs placed before it."""
     market = _Market(pools, now=now, config=config, leases=leases, jobs=jobs)
     queue = FairShareQueue(jobs, now=now, capacity=market.class_capacity, usage=market.usage, config=config)
     assignments: list[Assignment] = []
@@ -1457,6 +1574,101 @@ def schedule_cycle(
         assignments=tuple(assignments),
         pending=pending,
         preemptions=tuple(preemptions),
+        reservations=tuple(reservations),
+    )
+
+
+def _stakes_pass(
+    jobs: Sequence[JobSpec], pools: Sequence[PoolOffer], leases: Sequence[Lease], now: datetime, config: MatchingConfig
+) -> CycleResult | None:
+    """Every job in order of its stakes (the cost of its cheapest pool that passes the static checks, highest
+    first), each on its best placement; None as soon as a job ready now cannot be placed though some pool could
+    take it (capacity, or an offer not open yet): then the queue is contested and the fair-share pass must decide
+    who gets capacity. When it returns a plan, every job it left pending can never run in this market (or waits
+    for its own earliest start), so the fair-share pass could not have placed any job this plan leaves out:
+    who gets capacity was never at stake, only where, and this is the repacked plan at the price of one pass."""
+    market = _Market(pools, now=now, config=config, leases=leases, jobs=jobs)
+    later = now + config.lookahead
+    stakes: dict[str, float] = {}
+    for job in jobs:
+        ready = job.ready_at(now)
+        part = market.partitions.get(job.stack)
+        stake = 0.0
+        if part is not None and ready <= later:
+            evaluation = market.evaluate(part, job, _us(ready), counts=False, open_now=False)
+            assert evaluation.view is not None  # noqa: S101 - set by evaluate
+            if evaluation.alive.any():
+                stake = float(evaluation.view.rate[evaluation.alive].min()) * evaluation.hours
+        stakes[job.job_id] = stake
+    assignments: list[Assignment] = []
+    pending: dict[str, Explanation] = {}
+    for job in sorted(jobs, key=lambda j: (-stakes[j.job_id], j.submitted_at, j.job_id)):
+        ready = job.ready_at(now)
+        if ready > later:
+            pending[job.job_id] = market.explain(
+                job, ready, occupancy=False, note=f"waits for its earliest start {ready.isoformat()}"
+            )
+            continue
+        option = market.best(job, ready)
+        if option is None:
+            explanation = market.explain(job, ready, occupancy=True)
+            if not explanation.never_fits:
+                return None
+            pending[job.job_id] = explanation
+            continue
+        assignments.append(market.assignment(job, option, market.commit(job, option)))
+    return CycleResult(assignments=tuple(assignments), pending=pending)
+
+
+def _repack(
+    first: CycleResult,
+    jobs: Sequence[JobSpec],
+    pools: Sequence[PoolOffer],
+    leases: Sequence[Lease],
+    now: datetime,
+    config: MatchingConfig,
+) -> CycleResult | None:
+    """The jobs the fair-share pass placed, placed again on the same market in order of their stakes (the cost
+    the first pass found for them, highest first; then the first pass's order), each on its best placement for
+    its objective; then the first pass's reservations again. The fair-share pass decides *which* jobs get
+    capacity this cycle; this pass only decides *where*: a greedy pass that lets a short slice take the cheap
+    capacity a long 8-device job needed costs the batch far more than the reverse (the saving of a cheaper pool
+    is proportional to size × duration), and placing large demands first also packs nodes better (first fit
+    decreasing). Kept only if every job placed before is placed again, every reservation is made again no later, and
+    the batch's total cost is lower; otherwise None (the first pass stands). A single job is placed exactly as
+    in the first pass, so "cheapest" still never takes a costlier pool for a job on its own."""
+    by_id = {job.job_id: job for job in jobs}
+    rank = {a.job_id: i for i, a in enumerate(first.assignments)}
+    order = sorted(first.assignments, key=lambda a: (-a.estimated_cost, rank[a.job_id]))
+    market = _Market(pools, now=now, config=config, leases=leases, jobs=jobs)
+    placed: dict[str, Assignment] = {}
+    for previous in order:
+        job = by_id[previous.job_id]
+        option = market.best(job, job.ready_at(now))
+        if option is None:
+            return None
+        placed[job.job_id] = market.assignment(job, option, market.commit(job, option))
+    reservations = []
+    for reservation in first.reservations:
+        job = by_id[reservation.job_id]
+        again = market.reserve(job, job.ready_at(now))
+        if again is None or again.start > reservation.start:
+            return None  # the repacked plan would delay the job the first pass reserved for (backfill's promise)
+        reservations.append(again)
+    before = sum((a.estimated_cost for a in first.assignments), _ZERO)
+    after = sum((a.estimated_cost for a in placed.values()), _ZERO)
+    if after >= before:
+        return None
+    pending = dict(first.pending)
+    for reservation, again in zip(first.reservations, reservations, strict=True):
+        explanation = pending.get(reservation.job_id)
+        if explanation is not None:
+            note = f"capacity reserved on pool {again.pool_id} from {again.start.isoformat()}"
+            pending[reservation.job_id] = replace(explanation, note=note)
+    return CycleResult(
+        assignments=tuple(placed[a.job_id] for a in first.assignments),
+        pending=pending,
+        preemptions=(),
         reservations=tuple(reservations),
     )
 

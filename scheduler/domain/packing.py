@@ -477,19 +477,29 @@ def _table_for(mix: WorkloadMix, models: tuple[str | None, ...], ratios: _Ratios
 
 
 _WEIGHTED: dict[tuple[WorkloadMix, frozenset[tuple[NodeShape, int]]], WorkloadMix] = {}
+_POLICY_BY_ID: dict[
+    tuple[int, frozenset[tuple[NodeShape, int]], tuple[str | None, ...]], tuple[WorkloadMix, _MixTable]
+] = {}
 
 
 def _policy_table(
     mix: WorkloadMix, shapes: frozenset[tuple[NodeShape, int]], models: tuple[str | None, ...]
 ) -> _MixTable:
     """The table the default policy scores with: scarcity-weighted fragmentation, the mix's own ratios."""
+    known = _POLICY_BY_ID.get((id(mix), shapes, models))
+    if known is not None and known[0] is mix:
+        return known[1]  # the same mix object: no hashing of its demands
     key = (mix, shapes)
     weighted = _WEIGHTED.get(key)
     if weighted is None:
         if len(_WEIGHTED) >= _TABLES_KEPT:
             _WEIGHTED.clear()
         weighted = _WEIGHTED[key] = scarcity_weighted(mix, (shape for shape, n in shapes for _ in range(n)))
-    return _table_for(weighted, models, _average_ratios(mix))
+    table = _table_for(weighted, models, _average_ratios(mix))
+    if len(_POLICY_BY_ID) >= _TABLES_KEPT:
+        _POLICY_BY_ID.clear()
+    _POLICY_BY_ID[(id(mix), shapes, models)] = (mix, table)
+    return table
 
 
 class Cluster:

@@ -405,6 +405,34 @@ def test_one_job_of_a_small_buyer_is_scheduled_in_the_same_cycle_as_ten_thousand
     assert result.pending["big-09999"].message == "0/4 pools fit: 4 no free capacity"
 
 
+def test_the_cheap_capacity_goes_to_the_job_that_saves_most_on_it_once_fair_share_has_chosen_the_jobs():
+    pools = [make_pool("cheap", nodes=1, price="0.01"), make_pool("dear", nodes=1, price="0.02")]
+    short = make_job("short-slice", org="org-a", accelerators=1, hours=0.5, submitted=NOW - timedelta(hours=2))
+    long = make_job("long-node", org="org-b", accelerators=8, hours=10, submitted=NOW - timedelta(hours=1))
+
+    greedy = schedule_cycle([short, long], pools, [], NOW, MatchingConfig(repack=False))
+    assert only(greedy.assignments, "short-slice").pool_id == "cheap"  # first in line, it breaks the cheap node
+    assert only(greedy.assignments, "long-node").pool_id == "dear"
+
+    result = schedule_cycle([short, long], pools, [], NOW)
+    assert {a.job_id for a in result.assignments} == {"short-slice", "long-node"}, "the same jobs get capacity"
+    assert only(result.assignments, "long-node").pool_id == "cheap"
+    assert only(result.assignments, "short-slice").pool_id == "dear"
+    total = sum(a.estimated_cost for a in result.assignments)
+    assert total < sum(a.estimated_cost for a in greedy.assignments)
+    alone = schedule_cycle([short], pools, [], NOW)
+    assert only(alone.assignments, "short-slice").pool_id == "cheap", "a job on its own still gets the cheapest"
+
+
+def test_when_capacity_is_contested_fair_share_not_the_stakes_decides_who_gets_it():
+    pools = [make_pool("only", nodes=1)]
+    small = make_job("small-first", org="org-a", accelerators=1, hours=0.5, submitted=NOW - timedelta(hours=2))
+    big = make_job("big-later", org="org-b", accelerators=8, hours=10, submitted=NOW - timedelta(hours=1))
+    result = schedule_cycle([small, big], pools, [], NOW)
+    assert [a.job_id for a in result.assignments] == ["small-first"]  # older, so first in line; the big job waits
+    assert "no free capacity" in result.pending["big-later"].message
+
+
 def test_an_on_demand_job_preempts_an_interruptible_lease_when_nothing_else_fits():
     pools = [make_pool("p", nodes=1), make_pool("q", nodes=1)]
     leases = [

@@ -75,7 +75,7 @@ class RegisterView(APIView):
     organisations may trade at once. Returns the API token of the new user."""
 
     permission_classes = [AllowAny]
-    throttle_scope = "register"
+    throttle_scopes = {"POST": "register"}
 
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
@@ -108,7 +108,7 @@ class TokenView(APIView):
     """Exchange a username and password for the user's API token."""
 
     permission_classes = [AllowAny]
-    throttle_scope = "login"
+    throttle_scopes = {"POST": "login"}
 
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField()

@@ -287,6 +287,8 @@ class JobListView(APIView):
     POST (buyer): submit a job; refused at once (422) with the reason if no
     pool of the market could ever run it."""
 
+    throttle_scopes = {"POST": "submit"}
+
     def get_permissions(self):
         return [IsBuyer()] if self.request.method == "POST" else [IsMember()]
 
@@ -354,7 +356,7 @@ class QuoteView(APIView):
     buyer pays), expected start, estimated energy and carbon."""
 
     permission_classes = [IsBuyer]
-    throttle_scope = "quote"
+    throttle_scopes = {"POST": "quote"}
 
     @extend_schema(request=JobInput, responses={200: dict})
     def post(self, request: Request) -> Response:

@@ -707,6 +707,7 @@ class VoucherQuoteView(APIView):
     nothing is reserved) and what you would pay."""
 
     permission_classes = [IsBuyer]
+    throttle_scopes = {"POST": "quote"}
 
     class OutputSerializer(serializers.Serializer):
         options = QuoteOptionOutput(many=True)

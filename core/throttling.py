@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 from django.core.cache import cache
+from django.http import HttpRequest
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
@@ -39,43 +41,67 @@ def rate_of(scope: str) -> str | None:
     return None if rate is None or rate.strip().lower() in {"", "off", "none"} else rate
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A request over its scope's limit: at most ``limit`` per ``period``; ``wait`` seconds until the next window."""
+
+    scope: str
+    limit: int
+    period: str
+    wait: int
+
+    @property
+    def sentence(self) -> str:
+        return f"Too many {self.scope} requests: at most {self.limit} per {self.period}."
+
+
+def hit(scope: str, who: str) -> Refusal | None:
+    """Count one request of ``who`` (``user-<id>`` or ``ip-<address>``) in
+    ``scope``; the refusal if that goes over the scope's limit."""
+    rate = rate_of(scope)
+    if not rate:
+        return None
+    limit, window = parse_rate(rate)
+    now = time.time()
+    index = int(now // window)
+    count = _increment(f"throttle:{scope}:{who}:{window}:{index}", window)
+    if count <= limit:
+        return None
+    return Refusal(scope, limit, PERIOD_NAMES[window], max(1, math.ceil((index + 1) * window - now)))
+
+
+def _increment(key: str, window: int) -> int:
+    """The request's number in its window; 0 when the cache cannot be
+    reached (limits are for fairness: an outage of the cache lets requests through)."""
+    try:
+        for _ in range(3):
+            cache.add(key, 0, timeout=window + 1)
+            try:
+                return cache.incr(key)
+            except ValueError:  # expired between add and incr
+                continue
+    except Exception:
+        logger.warning("rate limits not counted: the cache is unreachable", exc_info=True)
+    return 0
+
+
+def client_address(request: HttpRequest) -> str:
+    """The address per-address limits count (``NUM_PROXIES`` back in X-Forwarded-For)."""
+    return BaseThrottle().get_ident(request)
+
+
 class ScopedThrottle(BaseThrottle):
     """Counts requests of the view's scope for the method being called."""
 
-    def scope_for(self, request: Request, view: object) -> str | None:
-        scopes = getattr(view, "throttle_scopes", None) or {}
-        return scopes.get(request.method)
-
     def allow_request(self, request: Request, view: object) -> bool:
-        scope = self.scope_for(request, view)
-        rate = rate_of(scope) if scope else None
-        if not rate:
+        scopes = getattr(view, "throttle_scopes", None) or {}
+        scope = scopes.get(request.method)
+        if not scope:
             return True
-        limit, window = parse_rate(rate)
         user = getattr(request, "user", None)
-        who = f"user-{user.pk}" if user is not None and user.is_authenticated else f"ip-{self.get_ident(request)}"
-        now = time.time()
-        index = int(now // window)
-        key = f"throttle:{scope}:{who}:{window}:{index}"
-        count = self._increment(key, window)
-        if count <= limit:
+        who = f"user-{user.pk}" if user is not None and user.is_authenticated else f"ip-{client_address(request)}"
+        refusal = hit(scope, who)
+        if refusal is None:
             return True
-        wait = max(1, math.ceil((index + 1) * window - now))
-        per = PERIOD_NAMES[window]
         # DRF adds "Expected available in <wait> seconds." to the sentence.
-        raise Throttled(wait=wait, detail=f"Too many {scope} requests: at most {limit} per {per}.")
-
-    @staticmethod
-    def _increment(key: str, window: int) -> int:
-        """The request's number in its window; 0 when the cache cannot be
-        reached (limits are for fairness: an outage of the cache lets requests through)."""
-        try:
-            for _ in range(3):
-                cache.add(key, 0, timeout=window + 1)
-                try:
-                    return cache.incr(key)
-                except ValueError:  # expired between add and incr
-                    continue
-        except Exception:
-            logger.warning("rate limits not counted: the cache is unreachable", exc_info=True)
-        return 0
+        raise Throttled(wait=refusal.wait, detail=refusal.sentence)

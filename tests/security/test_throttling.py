@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from django.conf import settings as django_settings
+from django.test import Client
 from rest_framework.test import APIClient
 
 from tests import factories
@@ -178,3 +179,30 @@ def test_an_unreachable_cache_lets_requests_through_rather_than_failing_them(set
     buyer = client_for(factories.buyer())
     assert buyer.post("/api/v1/quotes", factories.job_values()).status_code == 200
     assert buyer.post("/api/v1/quotes", factories.job_values()).status_code == 200
+
+
+def test_the_sign_in_form_shares_the_limit_of_the_api_sign_in(rates):
+    rates(login="2/min")
+    user = factories.buyer(funds=0)
+    assert login(APIClient(), user.username).status_code == 200
+    form = Client()
+    assert form.post("/accounts/login/", {"username": user.username, "password": "wrong"}).status_code == 200
+    refused = form.post("/accounts/login/", {"username": user.username, "password": factories.PASSWORD})
+    assert refused.status_code == 429
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    assert "Too many sign-in attempts from your address" in refused.content.decode()
+    assert "_auth_user_id" not in form.session
+    assert_throttled(login(APIClient(), user.username), "login")
+
+
+def test_the_operator_console_signs_in_through_the_same_form():
+    answer = Client().get("/admin/login/?next=/admin/")
+    assert answer.status_code == 302
+    assert answer["Location"] == "/accounts/login/?next=/admin/"
+    operator = factories.operator()
+    form = Client()
+    signed_in = form.post(
+        "/accounts/login/?next=/admin/", {"username": operator.username, "password": factories.PASSWORD}
+    )
+    assert signed_in.status_code == 302 and signed_in["Location"] == "/admin/"
+    assert form.get("/admin/").status_code == 200

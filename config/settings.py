@@ -152,8 +152,11 @@ REST_FRAMEWORK = {
         if rate.strip().lower() not in {"", "off", "none"}
     },
     # Client addresses for per-address limits: REMOTE_ADDR, or with
-    # CX_NUM_PROXIES=N the address N proxies back in X-Forwarded-For.
-    "NUM_PROXIES": int(os.environ.get("CX_NUM_PROXIES", "0")),
+    # CX_NUM_PROXIES=N the address N proxies back in X-Forwarded-For (in
+    # production behind a proxy, 1 by default).
+    "NUM_PROXIES": int(
+        os.environ.get("CX_NUM_PROXIES", "1" if PRODUCTION and env_bool("CX_BEHIND_PROXY", True) else "0")
+    ),
 }
 
 SPECTACULAR_SETTINGS = {

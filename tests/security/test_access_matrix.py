@@ -295,7 +295,7 @@ ROWS: tuple[Row, ...] = (
     Row(
         "POST",
         API + "voucher-applications",
-        "401 201 201 403 201 201",
+        "401 201 403 403 201 403",
         body=lambda w: {"programme": w.programme_3.pk, "requested_amount": "100.00", "intended_use": "rendering"},
     ),
     Row("GET", API + "voucher-applications/<int:pk>", "401 200 404 200 404 404", arg="application_a"),

@@ -73,7 +73,8 @@ def test_production_settings_are_those_of_an_https_service_behind_a_proxy(tmp_pa
         "from django.conf import settings as s;"
         "print(s.DEBUG, s.SECRET_KEY == {!r}, s.ALLOWED_HOSTS, s.SECURE_PROXY_SSL_HEADER, s.SECURE_SSL_REDIRECT,"
         " s.SECURE_HSTS_SECONDS, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE,"
-        " s.CACHES['default']['BACKEND'].rsplit('.', 1)[1], s.CACHES['default']['LOCATION'])"
+        " s.CACHES['default']['BACKEND'].rsplit('.', 1)[1], s.CACHES['default']['LOCATION'],"
+        " s.REST_FRAMEWORK['NUM_PROXIES'])"
     ).format(production["DJANGO_SECRET_KEY"])
     done = manage(tmp_path, "shell", "-c", probe, **production)
     assert done.returncode == 0, done.stderr
@@ -89,6 +90,7 @@ def test_production_settings_are_those_of_an_https_service_behind_a_proxy(tmp_pa
         "True",
         "RedisCache",
         "redis://redis.internal:6379/0",
+        "1",
     ]
 
 

@@ -440,7 +440,8 @@ class ApplicationListView(APIView):
     application: a hard failure rejects it with the reasons, otherwise it
     waits for an operator's review."""
 
-    permission_classes = [IsMember]
+    def get_permissions(self):
+        return [IsBuyer()] if self.request.method == "POST" else [IsMember()]
 
     class InputSerializer(serializers.Serializer):
         programme = serializers.IntegerField()

@@ -100,3 +100,15 @@ def test_the_first_run_needs_no_environment(tmp_path):
     probe = "from django.conf import settings as s; print(s.CACHES['default']['BACKEND'].rsplit('.', 1)[1])"
     cache = manage(tmp_path, "shell", "-c", probe)
     assert cache.stdout.strip().splitlines()[-1] == "FileBasedCache"
+
+
+@pytest.mark.django_db
+def test_the_demo_market_with_its_published_password_is_not_loaded_in_production(settings):
+    from django.core.management import CommandError, call_command
+
+    from marketplace.models import User
+
+    settings.PRODUCTION = True
+    with pytest.raises(CommandError, match="published password"):
+        call_command("load_demo_market")
+    assert not User.objects.filter(username="operator").exists()

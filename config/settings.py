@@ -2,7 +2,9 @@
 
 With nothing set, the service runs on a SQLite file and an embedded
 (filesystem) Celery broker, so a first run needs no server. Production and
-CI set ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis).
+CI set ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis);
+production also ``CX_ENV=production``, ``DJANGO_SECRET_KEY`` and
+``ALLOWED_HOSTS`` (secrets come only from the environment).
 """
 
 import os

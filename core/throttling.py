@@ -1,9 +1,10 @@
 """Request rate limits per scope (submit, quote, login, register), counted in
 the shared Django cache so every API process sees the same counts.
 
-A view names its scope per method (``throttle_scopes = {"POST": "quote"}``);
-the rate of each scope comes from ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``
-(set from ``CX_THROTTLE_*``), read at request time. Signed-in callers are
+A view names its scope (``throttle_scope = "quote"``, every method) or its
+scopes per method (``throttle_scopes = {"POST": "submit"}``); the rate of
+each scope comes from ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` (set from
+``CX_THROTTLE_*``), read at request time. Signed-in callers are
 counted per user, anonymous ones per client address. Counts are fixed windows
 kept with an atomic increment (``INCR`` on Redis), so concurrent requests on
 several workers are never lost. A request over the limit is refused with 429,
@@ -93,11 +94,11 @@ def client_address(request: HttpRequest) -> str:
 
 
 class ScopedThrottle(BaseThrottle):
-    """Counts requests of the view's scope for the method being called."""
+    """Counts requests of the view's scope (for the method being called)."""
 
     def allow_request(self, request: Request, view: object) -> bool:
-        scopes = getattr(view, "throttle_scopes", None) or {}
-        scope = scopes.get(request.method)
+        scopes = getattr(view, "throttle_scopes", None)
+        scope = scopes.get(request.method) if scopes is not None else getattr(view, "throttle_scope", None)
         if not scope:
             return True
         user = getattr(request, "user", None)

@@ -356,7 +356,7 @@ class QuoteView(APIView):
     buyer pays), expected start, estimated energy and carbon."""
 
     permission_classes = [IsBuyer]
-    throttle_scopes = {"POST": "quote"}
+    throttle_scope = "quote"
 
     @extend_schema(request=JobInput, responses={200: dict})
     def post(self, request: Request) -> Response:

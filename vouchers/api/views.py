@@ -708,7 +708,7 @@ class VoucherQuoteView(APIView):
     nothing is reserved) and what you would pay."""
 
     permission_classes = [IsBuyer]
-    throttle_scopes = {"POST": "quote"}
+    throttle_scope = "quote"
 
     class OutputSerializer(serializers.Serializer):
         options = QuoteOptionOutput(many=True)

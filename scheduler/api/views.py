@@ -287,10 +287,10 @@ class JobListView(APIView):
     POST (buyer): submit a job; refused at once (422) with the reason if no
     pool of the market could ever run it."""
 
-    throttle_scopes = {"POST": "submit"}
-
     def get_permissions(self):
         return [IsBuyer()] if self.request.method == "POST" else [IsMember()]
+
+    throttle_scopes = {"POST": "submit"}
 
     @extend_schema(responses=JobOutput(many=True))
     def get(self, request: Request) -> Response:

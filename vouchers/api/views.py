@@ -440,8 +440,7 @@ class ApplicationListView(APIView):
     application: a hard failure rejects it with the reasons, otherwise it
     waits for an operator's review."""
 
-    def get_permissions(self):
-        return [IsBuyer()] if self.request.method == "POST" else [IsMember()]
+    permission_classes = [IsMember]
 
     class InputSerializer(serializers.Serializer):
         programme = serializers.IntegerField()
@@ -461,6 +460,11 @@ class ApplicationListView(APIView):
             if request.query_params.get(param):
                 applications = applications.filter(**{param: request.query_params[param]})
         return paginate(request, applications, ApplicationOutput)
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsBuyer()]  # providers could not spend a voucher
+        return super().get_permissions()
 
     @extend_schema(request=InputSerializer, responses={201: ApplicationOutput})
     def post(self, request: Request) -> Response:

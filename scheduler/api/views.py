@@ -290,8 +290,6 @@ class JobListView(APIView):
     def get_permissions(self):
         return [IsBuyer()] if self.request.method == "POST" else [IsMember()]
 
-    throttle_scopes = {"POST": "submit"}
-
     @extend_schema(responses=JobOutput(many=True))
     def get(self, request: Request) -> Response:
         jobs = selectors.jobs_visible_to(request.user).prefetch_related("leases__pool").order_by("-id")
@@ -307,6 +305,8 @@ class JobListView(APIView):
         use_vouchers = values.pop("use_vouchers")
         job = services.job_submit(user=request.user, values=values, use_vouchers=use_vouchers)
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+    throttle_scopes = {"POST": "submit"}  # submissions are rate-limited per buyer; reading is not
 
 
 class JobDetailView(APIView):

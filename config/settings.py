@@ -2,13 +2,16 @@
 
 With nothing set, the service runs on a SQLite file and an embedded
 (filesystem) Celery broker, so a first run needs no server. Production and
-CI set ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis).
+CI set ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis);
+production also ``CX_ENV=production``, ``DJANGO_SECRET_KEY`` and
+``ALLOWED_HOSTS`` (secrets come only from the environment).
 """
 
 import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("CX_VAR_DIR", BASE_DIR / "var"))
@@ -21,13 +24,30 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# Production (CX_ENV=production) refuses to start without a secret key and
+# allowed hosts from the environment, refuses DEBUG, and turns on HTTPS-only
+# cookies, HSTS and the redirect to HTTPS (behind a proxy that terminates TLS
+# and sets X-Forwarded-Proto). Without it (the first run, tests) a
+# development key and local hosts are used.
+CX_ENV = os.environ.get("CX_ENV", "development").strip().lower()
+PRODUCTION = CX_ENV == "production"
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG and env_bool("CX_REQUIRE_SECRET_KEY", False):
-        raise RuntimeError("SECRET_KEY must be set in production")
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or os.environ.get("SECRET_KEY", "")
+if PRODUCTION:
+    if not SECRET_KEY:
+        raise ImproperlyConfigured("CX_ENV=production needs DJANGO_SECRET_KEY (at least 50 random characters)")
+    if DEBUG:
+        raise ImproperlyConfigured("CX_ENV=production refuses DEBUG: unset DEBUG")
+    if not os.environ.get("ALLOWED_HOSTS", "").strip():
+        raise ImproperlyConfigured("CX_ENV=production needs ALLOWED_HOSTS (the service's host names, comma-separated)")
+elif not SECRET_KEY:
     SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"  # noqa: S105
-ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -120,6 +140,25 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Rate limits per scope (core/throttling.py): signed-in callers per user,
+    # anonymous ones per client address. "off" (or empty) lifts a limit.
+    "DEFAULT_THROTTLE_CLASSES": ["core.throttling.ScopedThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        scope: rate
+        for scope, rate in (
+            ("login", os.environ.get("CX_THROTTLE_LOGIN", "10/min")),
+            ("register", os.environ.get("CX_THROTTLE_REGISTER", "20/hour")),
+            ("quote", os.environ.get("CX_THROTTLE_QUOTE", "600/min")),
+            ("submit", os.environ.get("CX_THROTTLE_SUBMIT", "300/min")),
+        )
+        if rate.strip().lower() not in {"", "off", "none"}
+    },
+    # Client addresses for per-address limits: REMOTE_ADDR, or with
+    # CX_NUM_PROXIES=N the address N proxies back in X-Forwarded-For (in
+    # production behind a proxy, 1 by default).
+    "NUM_PROXIES": int(
+        os.environ.get("CX_NUM_PROXIES", "1" if PRODUCTION and env_bool("CX_BEHIND_PROXY", True) else "0")
+    ),
 }
 
 SPECTACULAR_SETTINGS = {
@@ -167,6 +206,28 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+# The cache holds the rate-limit counts, shared by every API process: Redis
+# (CX_CACHE_URL, else the broker's Redis); without Redis a file cache under
+# var/cache, which the first run's processes share.
+CX_CACHE_URL = os.environ.get("CX_CACHE_URL") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+)
+if CX_CACHE_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CX_CACHE_URL,
+            "KEY_PREFIX": "cx",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
@@ -264,6 +325,21 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
 
-if not DEBUG:
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if PRODUCTION:
+    # TLS ends at the proxy in front: it must set X-Forwarded-Proto (and strip it from clients).
+    if env_bool("CX_BEHIND_PROXY", True):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+        USE_X_FORWARDED_HOST = env_bool("CX_USE_X_FORWARDED_HOST", False)
+    SECURE_SSL_REDIRECT = env_bool("CX_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^health/$"]  # load balancers probe over plain HTTP
+    SECURE_HSTS_SECONDS = int(os.environ.get("CX_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CX_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("CX_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SESSION_COOKIE_HTTPONLY = True
+else:
     SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
     CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)

@@ -1,9 +1,15 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from health_check.views import HealthCheckView
 
 urlpatterns = [
+    # One sign-in form for everyone, rate-limited: the operator console's sends there.
+    path(
+        "admin/login/",
+        RedirectView.as_view(pattern_name="console:login", query_string=True, http_method_names=["get"]),
+    ),
     path("admin/", admin.site.urls),
     path(
         "health/",

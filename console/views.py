@@ -20,6 +20,7 @@ from django.views import View
 from django.views.generic import TemplateView
 
 from console import selectors
+from core import throttling
 from core.permissions import role_of
 from marketplace.domain.geography import HUBS
 from marketplace.models import Role
@@ -69,11 +70,23 @@ def is_operator(user: Any) -> bool:
 
 
 class LoginView(auth_views.LoginView):
+    """The one sign-in form (the operator console's sends here too); attempts
+    count against the same per-address limit as ``POST /api/v1/auth/token``."""
+
     template_name = "registration/login.html"
     redirect_authenticated_user = True
 
     def get_default_redirect_url(self) -> str:
         return "/dashboard/"
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        refusal = throttling.hit("login", f"ip-{throttling.client_address(request)}")
+        if refusal is None:
+            return super().post(request, *args, **kwargs)
+        message = f"Too many sign-in attempts from your address. Try again in {refusal.wait} seconds."
+        response = self.render_to_response(self.get_context_data(form=self.get_form(), throttled=message), status=429)
+        response["Retry-After"] = str(refusal.wait)
+        return response
 
 
 class HomeView(View):

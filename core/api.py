@@ -53,6 +53,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         codes = exc.get_codes()
         code = codes if isinstance(codes, str) else "error"
         response.data = {"code": code, "detail": str(exc.detail), "field": None}
+        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+            response.data["retry_after"] = int(exc.wait)  # also in the Retry-After header
     return response
 
 

@@ -46,6 +46,15 @@ def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(settings, request: pytest.FixtureRequest) -> None:
+    """Each test has an empty in-process cache of its own: rate-limit counts
+    start from zero and never touch a shared Redis."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": request.node.nodeid}
+    }
+
+
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()

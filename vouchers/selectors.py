@@ -170,18 +170,41 @@ def applicant_facts(organisation: Organisation, *, flags: Iterable[str] = ()) ->
 
 def related_organisations(organisation_id: int) -> set[int]:
     """Organisations with a declared relation to this one, directly or through
-    a common related organisation (two subsidiaries of one parent)."""
-    direct = _neighbours({organisation_id})
-    return (direct | _neighbours(direct)) - {organisation_id}
+    a common related organisation (two subsidiaries of one parent).
+
+    A relation through a common organisation counts only where each of its two
+    relations was declared by an operator or by the organisation at that end
+    (the subsidiaries each naming their parent): an organisation declaring
+    itself related to two others does not make those two related."""
+    direct: set[int] = set()
+    middles: set[int] = set()
+    for (_self, other), by_operator, by_organisation in _relations_of({organisation_id}):
+        direct.add(other)
+        if by_operator or by_organisation in (None, organisation_id):
+            middles.add(other)
+    through = {
+        far
+        for (_middle, far), by_operator, by_organisation in _relations_of(middles)
+        if by_operator or by_organisation in (None, far)
+    }
+    return (direct | through) - {organisation_id}
 
 
-def _neighbours(ids: set[int]) -> set[int]:
+def _relations_of(ids: set[int]) -> list[tuple[tuple[int, int], bool, int | None]]:
+    """Relations touching ``ids``: ((the organisation in ``ids``, the other one),
+    declared by an operator, the declaring user's organisation (None if loaded by the platform))."""
     if not ids:
-        return set()
+        return []
     pairs = OrganisationRelation.objects.filter(Q(organisation_a_id__in=ids) | Q(organisation_b_id__in=ids))
-    found: set[int] = set()
-    for a, b in pairs.values_list("organisation_a_id", "organisation_b_id"):
-        found.update((a, b))
+    found = []
+    for a, b, role, by in pairs.values_list(
+        "organisation_a_id", "organisation_b_id", "declared_by__role", "declared_by__organisation_id"
+    ):
+        declared = (role == Role.OPERATOR, by if role is not None else None)
+        if a in ids:
+            found.append(((a, b), *declared))
+        if b in ids:
+            found.append(((b, a), *declared))
     return found
 
 

@@ -306,6 +306,8 @@ class JobListView(APIView):
         job = services.job_submit(user=request.user, values=values, use_vouchers=use_vouchers)
         return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
 
+    throttle_scopes = {"POST": "submit"}  # submissions are rate-limited per buyer; reading is not
+
 
 class JobDetailView(APIView):
     """One of your organisation's jobs, with its state, pending reason and lease."""

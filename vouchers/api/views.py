@@ -461,6 +461,11 @@ class ApplicationListView(APIView):
                 applications = applications.filter(**{param: request.query_params[param]})
         return paginate(request, applications, ApplicationOutput)
 
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsBuyer()]  # providers could not spend a voucher
+        return super().get_permissions()
+
     @extend_schema(request=InputSerializer, responses={201: ApplicationOutput})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
@@ -707,6 +712,7 @@ class VoucherQuoteView(APIView):
     nothing is reserved) and what you would pay."""
 
     permission_classes = [IsBuyer]
+    throttle_scope = "quote"
 
     class OutputSerializer(serializers.Serializer):
         options = QuoteOptionOutput(many=True)

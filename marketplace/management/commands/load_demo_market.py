@@ -13,7 +13,8 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
@@ -90,6 +91,10 @@ class Command(BaseCommand):
     help = "Load the demo market (idempotent)."
 
     def handle(self, *args: object, **options: object) -> None:
+        if settings.PRODUCTION:
+            raise CommandError(
+                "the demo market's sign-ins have a published password: not loaded with CX_ENV=production"
+            )
         if Organisation.objects.filter(credit_code=_code(1)).exists():
             self.stdout.write("Demo market already loaded.")
             return

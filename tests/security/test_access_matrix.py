@@ -204,6 +204,7 @@ ROWS: tuple[Row, ...] = (
     Row("GET", API + "jobs", "401 200 200 200 200 200", visible=("job_sched", "buyer operator")),
     Row("POST", API + "jobs", "401 201 403 403 201 403", body=job_body),
     Row("GET", API + "jobs/<int:pk>", "401 200 404 200 404 404", arg="job_sched"),
+    Row("GET", API + "trace/<int:pk>", "401 200 200 200 404 404", arg="job_done"),
     Row("POST", API + "jobs/<int:pk>/cancel", "401 200 403 403 404 403", arg="job_sched", body=reason),
     Row("GET", API + "leases", "401 200 200 200 200 200", visible=("lease_run", "buyer provider operator")),
     Row("POST", API + "quotes", "401 200 403 403 200 403", body=job_body),

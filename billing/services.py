@@ -3,7 +3,9 @@ an idempotency key (a retry returns the first result and moves nothing
 twice), postings summing to zero (checked by billing.domain.ledger), and
 account balances updated in the same database transaction with ``F()``
 (never read-modify-write). The database refuses a forbidden negative
-balance (a CheckConstraint), so no race can overdraw an account."""
+balance (a CheckConstraint), so no race can overdraw an account. Writing
+transactions is billing.posting's ``post`` (one) and ``post_many`` (a
+batch, few round trips)."""
 
 from __future__ import annotations
 
@@ -15,131 +17,31 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
-from django.db.models.functions import Round
 from django.utils import timezone
 
 from billing.domain import ledger, pricing
 from billing.domain.money import to_fen
 from billing.models import (
-    MAY_GO_NEGATIVE,
     Account,
     AccountKind,
     Charge,
     Hold,
     HoldStatus,
     LedgerTransaction,
-    Posting,
     UsageSample,
 )
+from billing.posting import ADJUSTMENTS as ADJUSTMENTS  # the ledger's verbs and accounts, for callers
+from billing.posting import BANK_CLEARING, PLATFORM_COMMISSION, _fen_sum, post, post_many
+from billing.posting import InsufficientFunds as InsufficientFunds
 from core.audit import audit_record
-from core.errors import ApplicationError, Conflict, InvalidInput
+from core.errors import InvalidInput
 from marketplace.models import Organisation, User
 
 log = logging.getLogger(__name__)
 
-PLATFORM_COMMISSION = "platform:commission"
-BANK_CLEARING = "platform:clearing"
-ADJUSTMENTS = "platform:adjustments"
-PLATFORM_KINDS = {
-    PLATFORM_COMMISSION: AccountKind.PLATFORM_COMMISSION,
-    BANK_CLEARING: AccountKind.BANK_CLEARING,
-    ADJUSTMENTS: AccountKind.ADJUSTMENTS,
-}
-
-
-def _fen_sum(column: F, amount: Decimal) -> Round:
-    """column + amount rounded to the fen in the database: PostgreSQL's numeric
-    is exact anyway; SQLite adds in binary floating point, where 10.00 − 9.99
-    − 0.01 is a hair below zero and would trip the non-negative constraint."""
-    return Round(column + amount, 2)
-
-
-class InsufficientFunds(ApplicationError):
-    code = "insufficient_funds"
-    status = 402
-
 
 def account_code(organisation_id: int, kind: str) -> str:
     return f"org:{organisation_id}:{kind}"
-
-
-# Voucher programme accounts (see vouchers.domain.movements): "programme:<id>:budget",
-# "programme:<id>:lapsed" and "voucher:<id>", owned by no organisation.
-PROGRAMME_KINDS = {"budget": AccountKind.PROGRAMME_BUDGET, "lapsed": AccountKind.PROGRAMME_LAPSED}
-
-
-def _voucher_account_kind(code: str) -> str | None:
-    """The kind of a voucher programme account code, or None if it is not one."""
-    parts = code.split(":")
-    if len(parts) == 2 and parts[0] == "voucher" and parts[1].isdigit():
-        return AccountKind.VOUCHER
-    if len(parts) == 3 and parts[0] == "programme" and parts[1].isdigit() and parts[2] in PROGRAMME_KINDS:
-        return PROGRAMME_KINDS[parts[2]]
-    return None
-
-
-def _account_rows(codes: set[str]) -> dict[str, Account]:
-    """The accounts named by ``codes``, created on first use."""
-    found = {a.code: a for a in Account.objects.filter(code__in=codes)}
-    for code in codes - set(found):
-        if code in PLATFORM_KINDS:
-            kind, org_id = PLATFORM_KINDS[code], None
-        elif voucher_kind := _voucher_account_kind(code):
-            kind, org_id = voucher_kind, None
-        else:
-            prefix, org, kind = code.split(":")
-            if prefix != "org" or kind not in AccountKind.values:
-                raise InvalidInput(f"unknown account {code}", field="account")
-            org_id = int(org)
-        try:
-            with transaction.atomic():
-                found[code] = Account.objects.create(
-                    code=code, organisation_id=org_id, kind=kind, may_go_negative=kind in MAY_GO_NEGATIVE
-                )
-        except IntegrityError:  # created by a concurrent transaction meanwhile
-            found[code] = Account.objects.get(code=code)
-    return found
-
-
-def post(
-    draft: ledger.TransactionDraft, *, actor: User | None = None, data: dict[str, Any] | None = None
-) -> tuple[LedgerTransaction, bool]:
-    """Write a transaction once. Returns (row, created): a retry with the same
-    key and the same postings returns the first row and moves nothing; the
-    same key with different postings is a conflict."""
-    ledger.validate_transaction(draft)
-    with transaction.atomic():
-        existing = LedgerTransaction.objects.filter(key=draft.key).first()
-        if existing is None:
-            try:
-                with transaction.atomic():
-                    row = LedgerTransaction.objects.create(
-                        key=draft.key,
-                        kind=str(draft.kind),
-                        memo=draft.memo[:500],
-                        fingerprint=draft.fingerprint,
-                        data=data or {},
-                        actor=actor if getattr(actor, "pk", None) else None,
-                    )
-            except IntegrityError:
-                existing = LedgerTransaction.objects.get(key=draft.key)
-        if existing is not None:
-            if existing.fingerprint != draft.fingerprint:
-                raise Conflict(f"idempotency key {draft.key} was already used for a different movement", field="key")
-            return existing, False
-        accounts = _account_rows({p.account for p in draft.postings})
-        Posting.objects.bulk_create(
-            [Posting(transaction=row, account=accounts[p.account], amount=p.amount) for p in draft.postings]
-        )
-        for p in sorted(draft.postings, key=lambda p: p.account):  # one lock order: no deadlocks
-            try:
-                with transaction.atomic():
-                    Account.objects.filter(pk=accounts[p.account].pk).update(balance=_fen_sum(F("balance"), p.amount))
-            except IntegrityError:
-                raise InsufficientFunds(
-                    f"{p.account} cannot cover {-p.amount} CNY ({draft.memo})", field="amount"
-                ) from None
-    return row, True
 
 
 def balance(code: str) -> Decimal:
@@ -244,55 +146,27 @@ def available_for_update(buyer_ids: set[int]) -> dict[int, Decimal]:
 def holds_for_new_leases(leases: list[Any]) -> None:
     """Escrow for many new leases at once (a scheduling cycle): per lease one
     idempotent ledger transaction "hold:lease:<id>" moving its estimated cost
-    from the buyer's available to held account, and a Hold row; account
-    balances move with one UPDATE per account. The caller has locked the
-    available accounts (available_for_update) and checked they cover it."""
+    from the buyer's available to held account, all written by one
+    ``post_many`` (one SQL statement per thousand leases on PostgreSQL), and a
+    Hold row. The caller has locked the available accounts
+    (available_for_update) and checked they cover it; if one does not, the
+    database refuses the lot (InsufficientFunds) and nothing is written."""
     wanted = [(lease, to_fen(lease.estimated_cost)) for lease in leases]
-    drafts = []
+    drafts, data = [], []
     for lease, amount in wanted:
         if amount <= 0:
             continue
         buyer = lease.job.buyer_id
         drafts.append(
-            (
-                lease,
-                ledger.hold(
-                    available=account_code(buyer, AccountKind.BUYER_AVAILABLE),
-                    held=account_code(buyer, AccountKind.BUYER_HELD),
-                    amount=amount,
-                    reference=f"lease:{lease.pk}",
-                ),
+            ledger.hold(
+                available=account_code(buyer, AccountKind.BUYER_AVAILABLE),
+                held=account_code(buyer, AccountKind.BUYER_HELD),
+                amount=amount,
+                reference=f"lease:{lease.pk}",
             )
         )
-    if drafts:
-        accounts = _account_rows({p.account for _, d in drafts for p in d.postings})
-        rows = LedgerTransaction.objects.bulk_create(
-            [
-                LedgerTransaction(
-                    key=d.key, kind=str(d.kind), memo=d.memo[:500], fingerprint=d.fingerprint, data={"lease": lease.pk}
-                )
-                for lease, d in drafts
-            ],
-            batch_size=1000,
-        )
-        Posting.objects.bulk_create(
-            [
-                Posting(transaction=row, account=accounts[p.account], amount=p.amount)
-                for row, (_lease, d) in zip(rows, drafts, strict=True)
-                for p in d.postings
-            ],
-            batch_size=2000,
-        )
-        moves: dict[str, Decimal] = {}
-        for _lease, d in drafts:
-            for p in d.postings:
-                moves[p.account] = moves.get(p.account, Decimal(0)) + p.amount
-        for code in sorted(moves):
-            try:
-                with transaction.atomic():
-                    Account.objects.filter(pk=accounts[code].pk).update(balance=_fen_sum(F("balance"), moves[code]))
-            except IntegrityError:
-                raise InsufficientFunds(f"{code} cannot cover the holds of this cycle", field="amount") from None
+        data.append({"lease": lease.pk})
+    post_many(drafts, data=data)
     Hold.objects.bulk_create(
         [Hold(lease_id=lease.pk, buyer_id=lease.job.buyer_id, amount=amount) for lease, amount in wanted],
         batch_size=1000,

@@ -83,6 +83,10 @@ class _Refused(Exception):
     """The database refused a balance below zero; raised inside the write, explained after its rollback."""
 
 
+class _UnknownAccount(Exception):
+    """A posting named an account this process believed to exist, but it does not (it was rolled back)."""
+
+
 # --- accounts --------------------------------------------------------------------------------------------------------
 
 _known_accounts: set[str] = set()  # codes this process has seen in the database
@@ -179,16 +183,22 @@ def post_many(
     actor_id = getattr(actor, "pk", None)
     now = timezone.now()
     write = _write_postgresql if connection.vendor == "postgresql" else _write_orm
-    try:
-        if len(entries) == 1 and not connection.in_atomic_block and connection.vendor == "postgresql":
-            written = write(entries, actor_id=actor_id, now=now)  # one statement in autocommit: atomic by itself
-        else:
-            written = []
-            with transaction.atomic():
-                for first in range(0, len(entries), STATEMENT_SIZE):
-                    written += write(entries[first : first + STATEMENT_SIZE], actor_id=actor_id, now=now)
-    except _Refused:  # rolled back: read what stands now to say which account fell short
-        raise _short_of_funds(entries) from None
+    for attempt in (1, 2):
+        try:
+            if len(entries) == 1 and not connection.in_atomic_block and connection.vendor == "postgresql":
+                written = write(entries, actor_id=actor_id, now=now)  # one statement in autocommit: atomic by itself
+            else:
+                written = []
+                with transaction.atomic():
+                    for first in range(0, len(entries), STATEMENT_SIZE):
+                        written += write(entries[first : first + STATEMENT_SIZE], actor_id=actor_id, now=now)
+            break
+        except _Refused:  # rolled back: read what stands now to say which account fell short
+            raise _short_of_funds(entries) from None
+        except _UnknownAccount as unknown:  # rolled back: create the accounts again, then once more
+            if attempt == 2:
+                raise unknown.__cause__ from None
+            _known_accounts.difference_update(p.account for e in entries for p in e.draft.postings)
     results = []
     seen: set[str] = set()
     for draft in drafts:
@@ -322,26 +332,17 @@ def _write_postgresql(entries: list[_Entry], *, actor_id: int | None, now: datet
         "line_codes": [line[1] for line in lines],
         "line_amounts": [line[2] for line in lines],
     }
-    for attempt in (1, 2):
-        try:
-            if connection.in_atomic_block:
-                with transaction.atomic(), connection.cursor() as cursor:
-                    cursor.execute(POST_STATEMENT, params)
-                    inserted = {key: (pk, created_at) for key, pk, created_at in cursor.fetchall()}
-            else:
-                with connection.cursor() as cursor:
-                    cursor.execute(POST_STATEMENT, params)
-                    inserted = {key: (pk, created_at) for key, pk, created_at in cursor.fetchall()}
-            break
-        except IntegrityError as error:
-            cause = error.__cause__
-            if isinstance(cause, errors.CheckViolation) and cause.diag.constraint_name == BALANCE_CONSTRAINT:
-                raise _Refused from None
-            if attempt == 1 and isinstance(cause, errors.NotNullViolation) and cause.diag.column_name == "account_id":
-                _known_accounts.difference_update(codes)  # an account was rolled back since this process saw it
-                account_rows(codes)
-                continue
-            raise
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(POST_STATEMENT, params)
+            inserted = {key: (pk, created_at) for key, pk, created_at in cursor.fetchall()}
+    except IntegrityError as error:
+        cause = error.__cause__
+        if isinstance(cause, errors.CheckViolation) and cause.diag.constraint_name == BALANCE_CONSTRAINT:
+            raise _Refused from None
+        if isinstance(cause, errors.NotNullViolation) and cause.diag.column_name == "account_id":
+            raise _UnknownAccount from error
+        raise
     replayed = _check_replays(entries, set(inserted))
     written: list[tuple[Any, bool]] = []
     for entry in entries:

@@ -302,6 +302,22 @@ def round_trips(pairs: list[tuple[str, str]]) -> dict[str, int]:
     return trips
 
 
+def commit_floor_ms(url: str, count: int = 300) -> float:
+    """Milliseconds one autocommitted one-row INSERT takes (a round trip and
+    the WAL flush of its commit): the floor under any one-transaction-per-post
+    path on this server, as loaded now."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_floor (n int)")
+        started = time.perf_counter()
+        for n in range(count):
+            conn.execute("INSERT INTO bench_commit_floor VALUES (%s)", (n,))
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_commit_floor")
+    return seconds / count * 1000
+
+
 def ledger_fingerprint() -> tuple[int, int, Decimal]:
     """(transactions, postings, sum of absolute balances): what a replay must not change."""
     from django.db.models import Func, Sum
@@ -539,6 +555,8 @@ def _run(args: argparse.Namespace, url: str) -> int:
         f"  round trips: services.post {trips['post']} (autocommit), {trips['post_in_atomic']} inside a transaction "
         f"(savepoint); services.post_many of {BATCH} drafts {trips['post_many']}, BEGIN and COMMIT included"
     )
+    floor = commit_floor_ms(url)
+    print(f"  a one-row INSERT committed on its own takes {floor:.2f} ms here now (round trip + WAL flush)")
     n = args.transactions
     p = args.processes
     solo = run_posting(url, processes=1, count=max(n // 4, 100), pairs=pairs, mode="post", prefix="solo")
@@ -621,6 +639,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
         "postings_per_s_single_post": round(single["postings_per_s"]),
         "postings_per_s_single_post_one_process": round(solo["postings_per_s"]),
         "postings_per_s_single_post_no_shared_account": round(disjoint["postings_per_s"]),
+        "commit_floor_ms": round(floor, 2),
         "round_trips_per_post": trips["post"],
         "round_trips_per_post_in_transaction": trips["post_in_atomic"],
         "round_trips_per_post_many": trips["post_many"],

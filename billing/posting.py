@@ -105,7 +105,7 @@ def _voucher_account_kind(code: str) -> str | None:
 def account_rows(codes: set[str]) -> dict[str, Account]:
     """The accounts named by ``codes``, created on first use."""
     found = {a.code: a for a in Account.objects.filter(code__in=codes)}
-    for code in codes - set(found):
+    for code in sorted(codes - set(found)):  # one order: concurrent creators wait, never deadlock
         if code in PLATFORM_KINDS:
             kind, org_id = PLATFORM_KINDS[code], None
         elif voucher_kind := _voucher_account_kind(code):
@@ -184,6 +184,8 @@ def post_many(
     now = timezone.now()
     write = _write_postgresql if connection.vendor == "postgresql" else _write_orm
     for attempt in (1, 2):
+        if write is _write_postgresql:  # before the transaction: new accounts are committed at once if we can
+            _ensure_accounts({p.account for e in entries for p in e.draft.postings})
         try:
             if len(entries) == 1 and not connection.in_atomic_block and connection.vendor == "postgresql":
                 written = write(entries, actor_id=actor_id, now=now)  # one statement in autocommit: atomic by itself
@@ -316,8 +318,6 @@ SELECT key, id, created_at FROM tx
 def _write_postgresql(entries: list[_Entry], *, actor_id: int | None, now: datetime) -> list[tuple[Any, bool]]:
     from psycopg import errors
 
-    codes = {p.account for e in entries for p in e.draft.postings}
-    _ensure_accounts(codes)
     lines = [(i, p.account, p.amount) for i, e in enumerate(entries) for p in e.draft.postings]
     params = {
         "ords": list(range(len(entries))),

@@ -297,7 +297,12 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
         sample = UsageSample.objects.select_for_update().filter(pk=sample_id).first()
         if sample is None or sample.charged:
             return ChargeOutcome(charge=getattr(sample, "charge", None) if sample else None)
-        lease = Lease.objects.select_related("job", "pool__site", "offer").get(pk=sample.lease_id)
+        # The lease is locked before its earlier usage is read: its samples are priced one after another.
+        lease = (
+            Lease.objects.select_related("job", "pool__site", "offer")
+            .select_for_update(no_key=True, of=("self",))
+            .get(pk=sample.lease_id)
+        )
         buyer_id, provider_id = lease.job.buyer_id, lease.pool.site.provider_id
         month_to_date = Charge.objects.filter(buyer_id=buyer_id, created_at__gte=_month_start(sample.end)).aggregate(
             total=Sum("ncu_hours")

@@ -369,3 +369,167 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
         )
         _voucher_plan_record(charge=charge, plan=vouchers)
     return ChargeOutcome(charge=charge, suspended=owed > 0)
+
+
+@dataclass
+class _Pending:
+    """One sample of a batch being charged: its price, then how it is funded."""
+
+    sample: UsageSample
+    lease: Any
+    result: pricing.Charge
+    from_hold: Decimal
+    rest: Decimal
+    from_available: Decimal = Decimal("0.00")
+
+
+def charge_samples(*, sample_ids: list[int], commission_rates: dict[int, Decimal]) -> dict[int, ChargeOutcome]:
+    """Charge many usage samples in one database transaction: each exactly
+    once, with the prices, funding and outcome ``charge_sample`` gives them
+    one after another in id order, and their ledger transactions written by
+    one ``post_many``. ``commission_rates`` maps each lease's offer id to its
+    commission rate. Samples already charged are left out of the result.
+
+    The samples and their leases are locked (the leases ``FOR NO KEY
+    UPDATE``: new usage can still be reported); each lease's earlier usage
+    and each buyer's month-to-date are read once and carried forward as
+    running totals through the batch; the holds are locked, and the
+    available accounts of the buyers whose holds fall short, in one order.
+    Samples of jobs that pay with vouchers go through ``charge_sample``
+    after the others (their vouchers decide per charge)."""
+    from scheduler.models import Lease
+    from vouchers.models import JobVoucherChoice
+
+    with transaction.atomic():
+        samples = list(
+            UsageSample.objects.select_for_update(of=("self",)).filter(pk__in=sample_ids, charged=False).order_by("id")
+        )
+        if not samples:
+            return {}
+        leases = {
+            lease.pk: lease
+            for lease in Lease.objects.select_related("job", "pool__site", "offer")
+            .select_for_update(no_key=True, of=("self",))
+            .filter(pk__in={s.lease_id for s in samples})
+            .order_by("pk")
+        }
+        with_vouchers = set(
+            JobVoucherChoice.objects.filter(
+                job_id__in={lease.job_id for lease in leases.values()}, enabled=True
+            ).values_list("job_id", flat=True)
+        )
+        outcomes = _charge_together(
+            [s for s in samples if leases[s.lease_id].job_id not in with_vouchers], leases, commission_rates
+        )
+        for sample in samples:
+            lease = leases[sample.lease_id]
+            if lease.job_id in with_vouchers:
+                outcomes[sample.pk] = charge_sample(
+                    sample_id=sample.pk, commission_rate=commission_rates[lease.offer_id]
+                )
+    return outcomes
+
+
+def _charge_together(samples: list[UsageSample], leases: dict[int, Any], rates: dict[int, Decimal]) -> dict[int, Any]:
+    if not samples:
+        return {}
+    lease_ids = {s.lease_id for s in samples}
+    lease_before = dict(
+        Charge.objects.filter(lease_id__in=lease_ids)
+        .values("lease_id")
+        .annotate(total=Sum("ncu_hours"))
+        .values_list("lease_id", "total")
+    )
+    month_base: dict[tuple[int, datetime], Decimal] = {}
+    charged_now: dict[int, Decimal] = {}  # NCU-hours charged in this batch, per buyer: all of this month
+    holds = {h.lease_id: h for h in Hold.objects.select_for_update().filter(lease_id__in=lease_ids).order_by("pk")}
+    remaining = {lease_id: h.remaining for lease_id, h in holds.items() if h.status == HoldStatus.OPEN}
+    prices: dict[int, pricing.LockedPrice] = {}
+    pending: list[_Pending] = []
+    for sample in samples:
+        lease = leases[sample.lease_id]
+        buyer_id = lease.job.buyer_id
+        month = (buyer_id, _month_start(sample.end))
+        if month not in month_base:
+            month_base[month] = Charge.objects.filter(buyer_id=buyer_id, created_at__gte=month[1]).aggregate(
+                total=Sum("ncu_hours")
+            )["total"] or Decimal(0)
+        if lease.pk not in prices:
+            prices[lease.pk] = pricing.LockedPrice(
+                pricing_type=pricing.PricingType(lease.pricing_type),
+                unit_price=lease.unit_price,
+                commission_rate=rates[lease.offer_id],
+                volume_tiers=_volume_tiers(lease),
+                month_to_date_ncu_hours=lease.volume_position,
+            )
+        before = lease_before.get(lease.pk) or Decimal(0)
+        result = pricing.charge(
+            prices[lease.pk],
+            sample.ncu_hours,
+            month_to_date_ncu_hours=month_base[month] + charged_now.get(buyer_id, Decimal(0)),
+            lease_ncu_hours_before=before,
+        )
+        if result.gross <= 0:
+            continue
+        lease_before[lease.pk] = before + result.ncu_hours
+        charged_now[buyer_id] = charged_now.get(buyer_id, Decimal(0)) + result.ncu_hours
+        from_hold = min(result.gross, remaining.get(lease.pk, Decimal("0.00")))
+        if lease.pk in remaining:
+            remaining[lease.pk] -= from_hold
+        pending.append(_Pending(sample, lease, result, from_hold=from_hold, rest=result.gross - from_hold))
+    short = {p.lease.job.buyer_id for p in pending if p.rest > 0}
+    available = available_for_update(short) if short else {}
+    for p in pending:
+        if p.rest > 0:
+            buyer_id = p.lease.job.buyer_id
+            p.from_available = min(p.rest, max(available[buyer_id], Decimal("0.00")))
+            available[buyer_id] -= p.from_available
+    drafts = []
+    for p in pending:
+        buyer_id, provider_id = p.lease.job.buyer_id, p.lease.pool.site.provider_id
+        drafts.append(
+            ledger.capture_funded(
+                sources=(
+                    (account_code(buyer_id, AccountKind.BUYER_HELD), p.from_hold),
+                    (account_code(buyer_id, AccountKind.BUYER_AVAILABLE), p.from_available),
+                    (account_code(buyer_id, AccountKind.BUYER_DEBT), p.rest - p.from_available),
+                ),
+                provider_payable=account_code(provider_id, AccountKind.PROVIDER_PAYABLE),
+                platform_commission=PLATFORM_COMMISSION,
+                charge=p.result,
+                reference=f"usage:{p.sample.pk}",
+            )
+        )
+    written = post_many(drafts, data=[{"lease": p.lease.pk, "sample": p.sample.pk} for p in pending])
+    UsageSample.objects.filter(pk__in=[s.pk for s in samples]).update(charged=True)
+    captured: dict[int, Decimal] = {}
+    for p in pending:
+        if p.from_hold:
+            captured[p.lease.pk] = captured.get(p.lease.pk, Decimal(0)) + p.from_hold
+    for lease_id, amount in sorted(captured.items()):
+        Hold.objects.filter(pk=holds[lease_id].pk).update(captured=_fen_sum(F("captured"), amount))
+    charges = Charge.objects.bulk_create(
+        [
+            Charge(
+                sample=p.sample,
+                lease=p.lease,
+                buyer_id=p.lease.job.buyer_id,
+                provider_id=p.lease.pool.site.provider_id,
+                pricing_type=p.result.pricing_type.value,
+                unit_price=p.result.unit_price,
+                ncu_hours=p.result.ncu_hours,
+                gross=p.result.gross,
+                commission=p.result.commission,
+                provider_share=p.result.provider_share,
+                from_hold=p.from_hold,
+                from_available=p.from_available,
+                owed=p.rest - p.from_available,
+                transaction=row,
+            )
+            for p, (row, _created) in zip(pending, written, strict=True)
+        ]
+    )
+    outcomes: dict[int, Any] = {s.pk: ChargeOutcome(charge=None) for s in samples}
+    for charge in charges:
+        outcomes[charge.sample_id] = ChargeOutcome(charge=charge, suspended=charge.owed > 0)
+    return outcomes

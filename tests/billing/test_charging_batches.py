@@ -12,7 +12,9 @@ from django.core.management import call_command
 from django.db import transaction
 
 from billing import charging, checks, services
+from billing.domain import ledger
 from billing.models import Charge, Hold, UsageSample
+from core.errors import InvalidInput
 from scheduler import services as scheduler_services
 from scheduler.models import Lease
 from tests import factories
@@ -85,3 +87,25 @@ def test_the_charging_task_in_batches_suspends_the_unpaid_leases_and_settles_eve
 
 def _offers() -> set[int]:
     return set(Lease.objects.values_list("offer_id", flat=True))
+
+
+def test_a_sample_that_cannot_be_charged_is_set_aside_and_the_rest_of_its_batch_is_charged(monkeypatch):
+    samples = usage_beyond_the_wallet()
+    bad = samples[7]
+    capture = ledger.capture_funded
+
+    def refusing(**kwargs):
+        if kwargs["reference"] == f"usage:{bad}":
+            raise InvalidInput("this sample cannot be captured", field="sources")
+        return capture(**kwargs)
+
+    monkeypatch.setattr(ledger, "capture_funded", refusing)
+
+    run = charging.charge_batch(limit=len(samples))
+
+    assert run.failed == [(bad, "this sample cannot be captured")]
+    assert run.samples == len(samples) - 1
+    assert set(UsageSample.objects.filter(charged=False).values_list("pk", flat=True)) == {bad}
+    assert not Charge.objects.filter(sample_id=bad).exists()
+    assert Charge.objects.count() == len(samples) - 1
+    assert checks.ledger_breaches() == []

@@ -57,6 +57,7 @@ from django.utils import timezone
 from billing.domain import ledger
 from billing.models import MAY_GO_NEGATIVE, Account, AccountKind, LedgerTransaction, Posting
 from core.errors import ApplicationError, Conflict, InvalidInput
+from marketplace.models import User
 
 STATEMENT_SIZE = 1000  # drafts per SQL statement in a batch
 BALANCE_CONSTRAINT = "account_balance_not_negative"
@@ -143,7 +144,7 @@ class _Entry:
 
 
 def post(
-    draft: ledger.TransactionDraft, *, actor: Any = None, data: dict[str, Any] | None = None
+    draft: ledger.TransactionDraft, *, actor: User | None = None, data: dict[str, Any] | None = None
 ) -> tuple[LedgerTransaction, bool]:
     """Write a transaction once. Returns (row, created): a retry with the same
     key and the same postings returns the first row and moves nothing; the
@@ -155,7 +156,7 @@ def post(
 def post_many(
     drafts: Sequence[ledger.TransactionDraft],
     *,
-    actor: Any = None,
+    actor: User | None = None,
     data: Sequence[dict[str, Any] | None] | None = None,
 ) -> list[tuple[LedgerTransaction, bool]]:
     """Write many transactions in one database transaction: (row, created) for
@@ -357,7 +358,7 @@ def _write_postgresql(entries: list[_Entry], *, actor_id: int | None, now: datet
 # --- other databases: the ORM, in bulk -------------------------------------------------------------------------------
 
 
-def _fen_sum(column: F, amount: Decimal) -> Round:
+def fen_sum(column: F, amount: Decimal) -> Round:
     """column + amount rounded to the fen in the database: PostgreSQL's numeric
     is exact anyway; SQLite adds in binary floating point, where 10.00 − 9.99
     − 0.01 is a hair below zero and would trip the non-negative constraint."""
@@ -399,10 +400,10 @@ def _write_orm(entries: list[_Entry], *, actor_id: int | None, now: datetime) ->
             try:
                 with transaction.atomic():
                     if low < net and not accounts[code].may_go_negative:  # dips lower within the batch first
-                        account.update(balance=_fen_sum(F("balance"), low))
-                        account.update(balance=_fen_sum(F("balance"), net - low))
+                        account.update(balance=fen_sum(F("balance"), low))
+                        account.update(balance=fen_sum(F("balance"), net - low))
                     else:
-                        account.update(balance=_fen_sum(F("balance"), net))
+                        account.update(balance=fen_sum(F("balance"), net))
             except IntegrityError:
                 raise _Refused from None
         fresh = {row.key: (row, True) for row in rows}

@@ -31,7 +31,7 @@ from billing.models import (
     UsageSample,
 )
 from billing.posting import ADJUSTMENTS as ADJUSTMENTS  # the ledger's verbs and accounts, for callers
-from billing.posting import BANK_CLEARING, PLATFORM_COMMISSION, _fen_sum, post, post_many
+from billing.posting import BANK_CLEARING, PLATFORM_COMMISSION, fen_sum, post, post_many
 from billing.posting import InsufficientFunds as InsufficientFunds
 from core.audit import audit_record
 from core.errors import InvalidInput
@@ -212,7 +212,7 @@ def hold_close(*, lease: Any, actor: User | None = None) -> Hold | None:
             )
         status = HoldStatus.VOIDED if hold.captured == 0 else HoldStatus.CLOSED
         Hold.objects.filter(pk=hold.pk).update(
-            released=_fen_sum(F("released"), remaining), status=status, closed_at=timezone.now()
+            released=fen_sum(F("released"), remaining), status=status, closed_at=timezone.now()
         )
         audit_record(
             actor=actor,
@@ -367,7 +367,7 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
             data={"lease": lease.pk, "sample": sample.pk},
         )
         if hold is not None and from_hold:
-            Hold.objects.filter(pk=hold.pk).update(captured=_fen_sum(F("captured"), from_hold))
+            Hold.objects.filter(pk=hold.pk).update(captured=fen_sum(F("captured"), from_hold))
         charge = Charge.objects.create(
             sample=sample,
             lease=lease,
@@ -525,7 +525,7 @@ def _charge_together(samples: list[UsageSample], leases: dict[int, Any], rates: 
         if p.from_hold:
             captured[p.lease.pk] = captured.get(p.lease.pk, Decimal(0)) + p.from_hold
     for lease_id, amount in sorted(captured.items()):
-        Hold.objects.filter(pk=holds[lease_id].pk).update(captured=_fen_sum(F("captured"), amount))
+        Hold.objects.filter(pk=holds[lease_id].pk).update(captured=fen_sum(F("captured"), amount))
     charges = Charge.objects.bulk_create(
         [
             Charge(

@@ -23,8 +23,14 @@ and one real charge per lease).
    processes take in turn; the same processes posting transfers between
    accounts of their own show what that lock costs. The headline
    ``postings_per_s`` is ``post_many``'s with all processes.
-2. **Settlement.** ``--samples`` usage samples (one million by default) with
-   their charges, capture transactions and postings are generated in SQL
+2. **Metered charging.** ``--charge-samples`` (5,000) more usage samples
+   are recorded over the leases; a tenth of them is charged one sample per
+   database transaction (``services.charge_sample``), the rest by
+   ``billing.charging.charge_batch``, the Celery task's body, which charges
+   ``charging.BATCH`` samples per transaction through ``post_many``.
+3. **Settlement.** ``--samples`` usage samples in all (one million by
+   default, the ones above included): the rest, with their charges, capture
+   transactions and postings, are generated in SQL
    (``INSERT … SELECT`` over ``generate_series``; setup time reported
    separately), then ``billing.settlement.settlement_close`` turns the period
    into statements, timed. ``check_ledger``'s checks then run over it all.
@@ -302,6 +308,49 @@ def round_trips(pairs: list[tuple[str, str]]) -> dict[str, int]:
     return trips
 
 
+def meter_and_charge(leases: list[LeaseRow], *, count: int) -> dict[str, Any]:
+    """``count`` more usage samples over the leases (recorded through
+    ``services.usage_record``), a tenth of them charged one sample per
+    database transaction (``services.charge_sample``, as charging worked
+    before batches), the rest by ``charging.charge_batch`` (what the Celery
+    task runs, ``charging.BATCH`` samples a transaction): samples per second."""
+    from datetime import timedelta
+
+    from django.db import transaction
+
+    from billing import charging, services
+    from billing.models import UsageSample
+    from scheduler.models import Lease
+
+    rows = {lease.pk: lease for lease in Lease.objects.filter(pk__in=[row.id for row in leases])}
+    for i in range(count):
+        row = leases[i % len(leases)]
+        start = rows[row.id].start + timedelta(minutes=i // len(leases))
+        services.usage_record(
+            lease=rows[row.id],
+            sequence=1_000_000 + i // len(leases),
+            start=start,
+            end=start + timedelta(minutes=1),
+            ncu_hours=(row.ncu_hours / 1000).quantize(Decimal("0.0001")),
+        )
+    alone = list(UsageSample.objects.filter(charged=False).order_by("id").values_list("pk", flat=True)[: count // 10])
+    started = time.perf_counter()
+    for sample_id in alone:
+        with transaction.atomic():
+            services.charge_sample(sample_id=sample_id, commission_rate=COMMISSION_RATE)
+    alone_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    run = charging.charge_batch(limit=count)
+    batch_seconds = time.perf_counter() - started
+    return {
+        "alone": len(alone),
+        "alone_per_s": len(alone) / alone_seconds if alone else 0.0,
+        "batched": run.samples,
+        "batched_per_s": run.samples / batch_seconds if run.samples else 0.0,
+        "failed": len(run.failed),
+    }
+
+
 def commit_floor_ms(url: str, count: int = 300) -> float:
     """Milliseconds one autocommitted one-row INSERT takes (a round trip and
     the WAL flush of its commit): the floor under any one-transaction-per-post
@@ -490,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="posting processes (default 2)")
     parser.add_argument("--transactions", type=int, default=10_000, help="transactions per process (default 10000)")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"drafts per post_many call (default {BATCH})")
+    parser.add_argument(
+        "--charge-samples", type=int, default=5000, help="usage samples metered and charged (default 5000; 0: skip)"
+    )
     parser.add_argument("--samples", type=int, default=1_000_000, help="usage samples to settle (default 1000000)")
     parser.add_argument("--leases", type=int, default=200, help="leases the samples belong to (default 200)")
     parser.add_argument("--database", default=BENCH_DATABASE, help=f"database to create (default {BENCH_DATABASE})")
@@ -522,7 +574,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
     from django.db import connection
     from django.utils import timezone
 
-    from billing import services, settlement
+    from billing import charging, services, settlement
     from billing.models import SettlementStatement
 
     print(f"Ledger benchmark on {connection.settings_dict['NAME']} ({args.processes} posting processes)")
@@ -598,10 +650,23 @@ def _run(args: argparse.Namespace, url: str) -> int:
         f"{single['postings_per_s']:.0f} ({'met' if single['postings_per_s'] >= POSTINGS_TARGET else 'not met'})"
     )
 
-    # 2. settlement
-    print(f"\n2. Settlement of {args.samples} usage samples")
+    # 2. metered charging
+    metered = {"alone": 0, "alone_per_s": 0.0, "batched": 0, "batched_per_s": 0.0, "failed": 0}
+    if args.charge_samples:
+        print(f"\n2. Metered charging of {args.charge_samples} usage samples (hold, wallet, commission split)")
+        metered = meter_and_charge(leases, count=args.charge_samples)
+        print(
+            f"  one sample per transaction (charge_sample): {metered['alone']} samples, "
+            f"{metered['alone_per_s']:.0f}/s; in batches of {charging.BATCH} (charge_batch): {metered['batched']} "
+            f"samples, {metered['batched_per_s']:.0f}/s; {metered['failed']} refused"
+        )
+
+    # 3. settlement
+    print(f"\n3. Settlement of {args.samples} usage samples")
     started = time.perf_counter()
-    generated = generate_usage(leases, samples=args.samples, period_start=period_start)
+    generated = generate_usage(
+        leases, samples=args.samples - metered["alone"] - metered["batched"], period_start=period_start
+    )
     setup_seconds = time.perf_counter() - started
     print(
         f"  setup: {generated['generated']} samples, charges, transactions and postings generated in SQL, "
@@ -622,7 +687,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
     unchanged = SettlementStatement.objects.count() == counted
     print(f"  closing it again: {again_seconds:.2f} s, {'nothing changed' if unchanged else 'STATEMENTS CHANGED'}")
 
-    print("\n3. check_ledger over everything")
+    print("\n4. check_ledger over everything")
     breaches, timings, check_seconds = run_checks()
     for name, seconds in timings.items():
         print(f"  {name:<45}{seconds:>7.1f} s")
@@ -646,6 +711,8 @@ def _run(args: argparse.Namespace, url: str) -> int:
         "replayed_transactions": single_again["transactions"] + batch_again["transactions"],
         "replay_created": single_again["created"] + batch_again["created"],
         "replay_moved_nothing": replay_ok,
+        "charge_samples_per_s": round(metered["batched_per_s"]),
+        "charge_samples_per_s_one_per_transaction": round(metered["alone_per_s"]),
         "settle_samples": settled,
         "settle_seconds": round(settle_seconds, 2),
         "settle_setup_seconds": round(setup_seconds, 1),
@@ -654,7 +721,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
         "load_average": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(figures))
-    return 0 if replay_ok and fresh_ok and unchanged and not breaches else 1
+    return 0 if replay_ok and fresh_ok and unchanged and not breaches and not metered["failed"] else 1
 
 
 if __name__ == "__main__":

@@ -11,18 +11,26 @@ and one real charge per lease).
 
 1. **Posting throughput.** Several processes (``--processes``, 2 by
    default: the machine's cores) each post ``--transactions`` ledger
-   transactions through ``billing.services.post`` with distinct idempotency
-   keys: a usage capture paid from a buyer's wallet, three postings (buyer
-   available → provider payable + platform commission). Then every key is
-   posted again: each retry must return the first row and move nothing.
-   Every capture credits the one platform commission account, whose row
-   lock the processes take in turn; the same processes posting transfers
-   between accounts of their own show what that lock costs. For
-   comparison, the same workload through a prototype of a single-statement
-   ``post`` (one round trip; see :data:`ONE_STATEMENT_POST`), which the app
-   does not use.
-2. **Settlement.** ``--samples`` usage samples (one million by default) with
-   their charges, capture transactions and postings are generated in SQL
+   transactions with distinct idempotency keys: a usage capture paid from a
+   buyer's wallet, three postings (buyer available → provider payable +
+   platform commission). Once through ``billing.services.post``, one
+   transaction at a time (each its own database transaction, as a caller
+   outside ``atomic`` gets it), and once through
+   ``billing.services.post_many`` in calls of ``--batch`` drafts (500), each
+   call one database transaction. Then every key is posted again the same
+   way: each retry must return the first row and move nothing. Every
+   capture credits the one platform commission account, whose row lock the
+   processes take in turn; the same processes posting transfers between
+   accounts of their own show what that lock costs. The headline
+   ``postings_per_s`` is ``post_many``'s with all processes.
+2. **Metered charging.** ``--charge-samples`` (5,000) more usage samples
+   are recorded over the leases; a tenth of them is charged one sample per
+   database transaction (``services.charge_sample``), the rest by
+   ``billing.charging.charge_batch``, the Celery task's body, which charges
+   ``charging.BATCH`` samples per transaction through ``post_many``.
+3. **Settlement.** ``--samples`` usage samples in all (one million by
+   default, the ones above included): the rest, with their charges, capture
+   transactions and postings, are generated in SQL
    (``INSERT … SELECT`` over ``generate_series``; setup time reported
    separately), then ``billing.settlement.settlement_close`` turns the period
    into statements, timed. ``check_ledger``'s checks then run over it all.
@@ -145,88 +153,7 @@ def _minute():
 
 # --- 1. posting throughput -------------------------------------------------------------------------------------------
 
-# A prototype of billing.services.post as one SQL statement (one round trip in
-# autocommit): insert the transaction unless its key exists, lock the
-# accounts in id order, insert the postings, update the cached balances. A
-# key already used returns no row; the caller then compares fingerprints.
-ONE_STATEMENT_POST = """
-WITH tx AS (
-    INSERT INTO billing_ledgertransaction (key, kind, memo, fingerprint, data, created_at)
-    VALUES (%(key)s, %(kind)s, %(memo)s, %(fingerprint)s, '{}'::jsonb, now())
-    ON CONFLICT (key) DO NOTHING
-    RETURNING id
-), locked AS (
-    SELECT a.id FROM billing_account a
-    WHERE a.id = ANY(%(accounts)s::bigint[]) AND EXISTS (SELECT 1 FROM tx)
-    ORDER BY a.id
-    FOR UPDATE
-), posted AS (
-    INSERT INTO billing_posting (transaction_id, account_id, amount)
-    SELECT tx.id, line.account_id, line.amount
-    FROM tx CROSS JOIN unnest(%(accounts)s::bigint[], %(amounts)s::numeric[]) AS line(account_id, amount)
-    RETURNING account_id, amount
-)
-UPDATE billing_account a SET balance = a.balance + posted.amount
-FROM posted
-WHERE a.id = posted.account_id AND a.id IN (SELECT id FROM locked)
-RETURNING (SELECT id FROM tx)
-"""
-
-
-# A prototype of posting a batch of transactions (each with its own key) in
-# one statement: keys already used are skipped (ON CONFLICT DO NOTHING), the
-# accounts touched are locked in id order, each account's balance is updated
-# once by the net of its postings. The database checks the balances at the
-# end of the batch; a batch refused for want of funds is retried one by one.
-BATCH_POST = """
-WITH input AS (
-    SELECT * FROM unnest(%(keys)s::text[], %(kinds)s::text[], %(memos)s::text[], %(fingerprints)s::text[])
-        AS i(key, kind, memo, fingerprint)
-), tx AS (
-    INSERT INTO billing_ledgertransaction (key, kind, memo, fingerprint, data, created_at)
-    SELECT key, kind, memo, fingerprint, '{}'::jsonb, now() FROM input
-    ON CONFLICT (key) DO NOTHING
-    RETURNING id, key
-), lines AS (
-    SELECT * FROM unnest(%(line_keys)s::text[], %(line_accounts)s::bigint[], %(line_amounts)s::numeric[])
-        AS l(key, account_id, amount)
-), locked AS (
-    SELECT a.id FROM billing_account a
-    WHERE a.id IN (SELECT lines.account_id FROM lines JOIN tx USING (key))
-    ORDER BY a.id
-    FOR UPDATE
-), posted AS (
-    INSERT INTO billing_posting (transaction_id, account_id, amount)
-    SELECT tx.id, lines.account_id, lines.amount FROM lines JOIN tx USING (key)
-    RETURNING account_id, amount
-), delta AS (
-    SELECT account_id, sum(amount) AS amount FROM posted GROUP BY account_id
-)
-UPDATE billing_account a SET balance = a.balance + delta.amount
-FROM delta
-WHERE a.id = delta.account_id AND a.id IN (SELECT id FROM locked)
-RETURNING (SELECT count(*) FROM tx)
-"""
-BATCH = 100
-
-
-def _post_batch(cursor, drafts: list[Any], ids: dict[str, int]) -> int:
-    """Post ``drafts`` with :data:`BATCH_POST`; how many were new."""
-    lines = [(d.key, ids[p.account], p.amount) for d in drafts for p in d.postings]
-    cursor.execute(
-        BATCH_POST,
-        {
-            "keys": [d.key for d in drafts],
-            "kinds": [str(d.kind) for d in drafts],
-            "memos": [d.memo for d in drafts],
-            "fingerprints": [d.fingerprint for d in drafts],
-            "line_keys": [line[0] for line in lines],
-            "line_accounts": [line[1] for line in lines],
-            "line_amounts": [line[2] for line in lines],
-        },
-    )
-    row = cursor.fetchone()
-    return row[0] if row else 0
+BATCH = int(os.environ.get("CX_BENCH_BATCH", "500"))  # drafts per post_many call (--batch; spawned workers read it)
 
 
 def _drafts(worker: int, count: int, pairs: list[tuple[str, str]], prefix: str) -> list[Any]:
@@ -276,36 +203,21 @@ def _disputes(worker: int, count: int, pairs: list[tuple[str, str]], prefix: str
 def _post_worker(
     url: str, worker: int, count: int, pairs: list[tuple[str, str]], mode: str, prefix: str, barrier, out
 ) -> None:
-    """One process: post its drafts (``mode``: "services", "disjoint", "one-statement" or "batch"), report timings."""
+    """One process: post its drafts (``mode``: "post", "disjoint" or "post_many"), report timings."""
     setup_django(url)
     from django.db import connection
 
     from billing import services
-    from billing.models import Account
 
     drafts = _disputes(worker, count, pairs, prefix) if mode == "disjoint" else _drafts(worker, count, pairs, prefix)
-    ids = dict(Account.objects.values_list("code", "id"))
+    services.post_many(drafts[:0])
     connection.ensure_connection()
     barrier.wait()
     started = time.monotonic()
     created = 0
-    if mode == "batch":
-        with connection.cursor() as cursor:
-            for first in range(0, len(drafts), BATCH):
-                created += _post_batch(cursor, drafts[first : first + BATCH], ids)
-    elif mode == "one-statement":
-        with connection.cursor() as cursor:
-            for draft in drafts:
-                params = {
-                    "key": draft.key,
-                    "kind": str(draft.kind),
-                    "memo": draft.memo,
-                    "fingerprint": draft.fingerprint,
-                    "accounts": [ids[p.account] for p in draft.postings],
-                    "amounts": [p.amount for p in draft.postings],
-                }
-                cursor.execute(ONE_STATEMENT_POST, params)
-                created += bool(cursor.fetchall())
+    if mode == "post_many":
+        for first in range(0, len(drafts), BATCH):
+            created += sum(was_created for _row, was_created in services.post_many(drafts[first : first + BATCH]))
     else:
         for draft in drafts:
             _row, was_created = services.post(draft)
@@ -366,23 +278,93 @@ def run_posting(
     }
 
 
-def statements_per_post(pairs: list[tuple[str, str]]) -> int:
-    """SQL statements one services.post sends (psycopg adds BEGIN and COMMIT)."""
-    from django.db import connection
+def round_trips(pairs: list[tuple[str, str]]) -> dict[str, int]:
+    """Round trips to the server of one services.post (in autocommit and
+    inside a transaction) and of one services.post_many of BATCH drafts:
+    every statement sent, BEGIN and COMMIT counted."""
+    from django.db import connection, transaction
 
     from billing import services
 
-    drafts = _drafts(99, 2, pairs, "bench-count")
-    services.post(drafts[0])
+    drafts = _drafts(99, 3 + BATCH, pairs, "bench-count")
+    services.post(drafts[0])  # accounts seen: nothing to create below
     statements: list[str] = []
 
     def count(execute, sql, params, many, context):
         statements.append(sql)
         return execute(sql, params, many, context)
 
+    trips = {}
     with connection.execute_wrapper(count):
         services.post(drafts[1])
-    return len(statements)
+        trips["post"] = len(statements)
+        statements.clear()
+        with transaction.atomic():
+            services.post(drafts[2])
+            trips["post_in_atomic"] = len(statements)
+        statements.clear()
+        services.post_many(drafts[3:])
+        trips["post_many"] = len(statements) + 2
+    return trips
+
+
+def meter_and_charge(leases: list[LeaseRow], *, count: int) -> dict[str, Any]:
+    """``count`` more usage samples over the leases (recorded through
+    ``services.usage_record``), a tenth of them charged one sample per
+    database transaction (``services.charge_sample``, as charging worked
+    before batches), the rest by ``charging.charge_batch`` (what the Celery
+    task runs, ``charging.BATCH`` samples a transaction): samples per second."""
+    from datetime import timedelta
+
+    from django.db import transaction
+
+    from billing import charging, services
+    from billing.models import UsageSample
+    from scheduler.models import Lease
+
+    rows = {lease.pk: lease for lease in Lease.objects.filter(pk__in=[row.id for row in leases])}
+    for i in range(count):
+        row = leases[i % len(leases)]
+        start = rows[row.id].start + timedelta(minutes=i // len(leases))
+        services.usage_record(
+            lease=rows[row.id],
+            sequence=1_000_000 + i // len(leases),
+            start=start,
+            end=start + timedelta(minutes=1),
+            ncu_hours=(row.ncu_hours / 1000).quantize(Decimal("0.0001")),
+        )
+    alone = list(UsageSample.objects.filter(charged=False).order_by("id").values_list("pk", flat=True)[: count // 10])
+    started = time.perf_counter()
+    for sample_id in alone:
+        with transaction.atomic():
+            services.charge_sample(sample_id=sample_id, commission_rate=COMMISSION_RATE)
+    alone_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    run = charging.charge_batch(limit=count)
+    batch_seconds = time.perf_counter() - started
+    return {
+        "alone": len(alone),
+        "alone_per_s": len(alone) / alone_seconds if alone else 0.0,
+        "batched": run.samples,
+        "batched_per_s": run.samples / batch_seconds if run.samples else 0.0,
+        "failed": len(run.failed),
+    }
+
+
+def commit_floor_ms(url: str, count: int = 300) -> float:
+    """Milliseconds one autocommitted one-row INSERT takes (a round trip and
+    the WAL flush of its commit): the floor under any one-transaction-per-post
+    path on this server, as loaded now."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_floor (n int)")
+        started = time.perf_counter()
+        for n in range(count):
+            conn.execute("INSERT INTO bench_commit_floor VALUES (%s)", (n,))
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_commit_floor")
+    return seconds / count * 1000
 
 
 def ledger_fingerprint() -> tuple[int, int, Decimal]:
@@ -552,14 +534,21 @@ def run_checks() -> tuple[list[str], dict[str, float], float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global BATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=2, help="posting processes (default 2)")
     parser.add_argument("--transactions", type=int, default=10_000, help="transactions per process (default 10000)")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"drafts per post_many call (default {BATCH})")
+    parser.add_argument(
+        "--charge-samples", type=int, default=5000, help="usage samples metered and charged (default 5000; 0: skip)"
+    )
     parser.add_argument("--samples", type=int, default=1_000_000, help="usage samples to settle (default 1000000)")
     parser.add_argument("--leases", type=int, default=200, help="leases the samples belong to (default 200)")
     parser.add_argument("--database", default=BENCH_DATABASE, help=f"database to create (default {BENCH_DATABASE})")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args(argv)
+    BATCH = args.batch
+    os.environ["CX_BENCH_BATCH"] = str(args.batch)
 
     server = os.environ.get("DATABASE_URL", "")
     if not server.startswith(("postgres://", "postgresql://")):
@@ -585,7 +574,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
     from django.db import connection
     from django.utils import timezone
 
-    from billing import services, settlement
+    from billing import charging, services, settlement
     from billing.models import SettlementStatement
 
     print(f"Ledger benchmark on {connection.settings_dict['NAME']} ({args.processes} posting processes)")
@@ -613,48 +602,71 @@ def _run(args: argparse.Namespace, url: str) -> int:
 
     # 1. posting throughput
     print("\n1. Posting throughput (usage captures from the wallet: 3 postings each, distinct idempotency keys)")
-    statements = statements_per_post(pairs)
-    print(f"  one services.post sends {statements} SQL statements, plus BEGIN and COMMIT: {statements + 2} round trips")
+    trips = round_trips(pairs)
+    print(
+        f"  round trips: services.post {trips['post']} (autocommit), {trips['post_in_atomic']} inside a transaction "
+        f"(savepoint); services.post_many of {BATCH} drafts {trips['post_many']}, BEGIN and COMMIT included"
+    )
+    floor = commit_floor_ms(url)
+    print(f"  a one-row INSERT committed on its own takes {floor:.2f} ms here now (round trip + WAL flush)")
     n = args.transactions
-    single = run_posting(url, processes=1, count=max(n // 4, 100), pairs=pairs, mode="services", prefix="solo")
-    current = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="services", prefix="bench")
+    p = args.processes
+    solo = run_posting(url, processes=1, count=max(n // 4, 100), pairs=pairs, mode="post", prefix="solo")
+    single = run_posting(url, processes=p, count=n, pairs=pairs, mode="post", prefix="bench")
     before = ledger_fingerprint()
-    replay = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="services", prefix="bench")
+    single_again = run_posting(url, processes=p, count=n, pairs=pairs, mode="post", prefix="bench")
+    middle = ledger_fingerprint()
+    disjoint = run_posting(url, processes=p, count=n, pairs=pairs, mode="disjoint", prefix="apart")
+    batch_solo = run_posting(url, processes=1, count=n, pairs=pairs, mode="post_many", prefix="batch-solo")
+    batch = run_posting(url, processes=p, count=n, pairs=pairs, mode="post_many", prefix="batch")
+    batched = ledger_fingerprint()
+    batch_again = run_posting(url, processes=p, count=n, pairs=pairs, mode="post_many", prefix="batch")
     after = ledger_fingerprint()
-    disjoint = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="disjoint", prefix="apart")
-    one = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="one-statement", prefix="one")
-    batch = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="batch", prefix="batch")
-    batch_again = run_posting(url, processes=args.processes, count=n, pairs=pairs, mode="batch", prefix="batch")
-    print(f"  {'path':<34}{'procs':>6}{'transactions':>14}{'seconds':>9}{'tx/s':>9}{'postings/s':>12}")
+    print(f"  {'path':<38}{'procs':>6}{'transactions':>14}{'seconds':>9}{'tx/s':>9}{'postings/s':>12}")
     for label, run in (
+        ("services.post", solo),
         ("services.post", single),
-        ("services.post", current),
-        ("services.post, same keys again", replay),
+        ("services.post, same keys again", single_again),
         ("services.post, no shared account", disjoint),
-        ("prototype: one statement", one),
-        (f"prototype: batches of {BATCH}", batch),
-        (f"prototype: batches of {BATCH}, again", batch_again),
+        (f"services.post_many, {BATCH} a call", batch_solo),
+        (f"services.post_many, {BATCH} a call", batch),
+        ("services.post_many, same keys again", batch_again),
     ):
         print(
-            f"  {label:<34}{run['processes']:>6}{run['transactions']:>14}{run['seconds']:>9.2f}"
+            f"  {label:<38}{run['processes']:>6}{run['transactions']:>14}{run['seconds']:>9.2f}"
             f"{run['transactions_per_s']:>9.0f}{run['postings_per_s']:>12.0f}"
         )
-    replay_ok = replay["created"] == 0 and before == after and batch_again["created"] == 0
-    replay_ok = replay_ok and one["created"] == one["transactions"] and batch["created"] == batch["transactions"]
+    fresh_ok = all(run["created"] == run["transactions"] for run in (solo, single, disjoint, batch_solo, batch))
+    replay_ok = single_again["created"] == 0 and batch_again["created"] == 0 and before == middle and batched == after
     print(
-        f"  retries: {replay['transactions']} keys posted again, {replay['created']} created, "
-        f"ledger {'unchanged' if before == after else 'CHANGED'} ({after[0]} transactions, {after[1]} postings)"
+        f"  retries: {single_again['transactions'] + batch_again['transactions']} keys posted again, "
+        f"{single_again['created'] + batch_again['created']} created, ledger "
+        f"{'unchanged' if before == middle and batched == after else 'CHANGED'} "
+        f"({after[0]} transactions, {after[1]} postings)"
     )
     print(
-        f"  target ≥ {POSTINGS_TARGET} postings/s: services.post {current['postings_per_s']:.0f} "
-        f"({'met' if current['postings_per_s'] >= POSTINGS_TARGET else 'not met'}); prototypes: one statement "
-        f"{one['postings_per_s']:.0f}, batches of {BATCH} {batch['postings_per_s']:.0f}"
+        f"  target ≥ {POSTINGS_TARGET} postings/s with {p} processes: services.post_many {batch['postings_per_s']:.0f} "
+        f"({'met' if batch['postings_per_s'] >= POSTINGS_TARGET else 'not met'}), services.post one at a time "
+        f"{single['postings_per_s']:.0f} ({'met' if single['postings_per_s'] >= POSTINGS_TARGET else 'not met'})"
     )
 
-    # 2. settlement
-    print(f"\n2. Settlement of {args.samples} usage samples")
+    # 2. metered charging
+    metered = {"alone": 0, "alone_per_s": 0.0, "batched": 0, "batched_per_s": 0.0, "failed": 0}
+    if args.charge_samples:
+        print(f"\n2. Metered charging of {args.charge_samples} usage samples (hold, wallet, commission split)")
+        metered = meter_and_charge(leases, count=args.charge_samples)
+        print(
+            f"  one sample per transaction (charge_sample): {metered['alone']} samples, "
+            f"{metered['alone_per_s']:.0f}/s; in batches of {charging.BATCH} (charge_batch): {metered['batched']} "
+            f"samples, {metered['batched_per_s']:.0f}/s; {metered['failed']} refused"
+        )
+
+    # 3. settlement
+    print(f"\n3. Settlement of {args.samples} usage samples")
     started = time.perf_counter()
-    generated = generate_usage(leases, samples=args.samples, period_start=period_start)
+    generated = generate_usage(
+        leases, samples=args.samples - metered["alone"] - metered["batched"], period_start=period_start
+    )
     setup_seconds = time.perf_counter() - started
     print(
         f"  setup: {generated['generated']} samples, charges, transactions and postings generated in SQL, "
@@ -675,7 +687,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
     unchanged = SettlementStatement.objects.count() == counted
     print(f"  closing it again: {again_seconds:.2f} s, {'nothing changed' if unchanged else 'STATEMENTS CHANGED'}")
 
-    print("\n3. check_ledger over everything")
+    print("\n4. check_ledger over everything")
     breaches, timings, check_seconds = run_checks()
     for name, seconds in timings.items():
         print(f"  {name:<45}{seconds:>7.1f} s")
@@ -684,17 +696,23 @@ def _run(args: argparse.Namespace, url: str) -> int:
         print(f"    {breach}")
 
     figures = {
-        "postings_per_s": round(current["postings_per_s"]),
-        "transactions_per_s": round(current["transactions_per_s"]),
-        "posting_processes": args.processes,
-        "postings_per_s_one_process": round(single["postings_per_s"]),
-        "postings_per_s_no_shared_account": round(disjoint["postings_per_s"]),
-        "statements_per_post": statements,
-        "replayed_transactions": replay["transactions"],
-        "replay_created": replay["created"],
+        "postings_per_s": round(batch["postings_per_s"]),
+        "transactions_per_s": round(batch["transactions_per_s"]),
+        "posting_processes": p,
+        "post_many_batch": BATCH,
+        "postings_per_s_post_many_one_process": round(batch_solo["postings_per_s"]),
+        "postings_per_s_single_post": round(single["postings_per_s"]),
+        "postings_per_s_single_post_one_process": round(solo["postings_per_s"]),
+        "postings_per_s_single_post_no_shared_account": round(disjoint["postings_per_s"]),
+        "commit_floor_ms": round(floor, 2),
+        "round_trips_per_post": trips["post"],
+        "round_trips_per_post_in_transaction": trips["post_in_atomic"],
+        "round_trips_per_post_many": trips["post_many"],
+        "replayed_transactions": single_again["transactions"] + batch_again["transactions"],
+        "replay_created": single_again["created"] + batch_again["created"],
         "replay_moved_nothing": replay_ok,
-        "one_statement_postings_per_s": round(one["postings_per_s"]),
-        "batch_postings_per_s": round(batch["postings_per_s"]),
+        "charge_samples_per_s": round(metered["batched_per_s"]),
+        "charge_samples_per_s_one_per_transaction": round(metered["alone_per_s"]),
         "settle_samples": settled,
         "settle_seconds": round(settle_seconds, 2),
         "settle_setup_seconds": round(setup_seconds, 1),
@@ -703,7 +721,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
         "load_average": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(figures))
-    return 0 if replay_ok and unchanged and not breaches else 1
+    return 0 if replay_ok and fresh_ok and unchanged and not breaches and not metered["failed"] else 1
 
 
 if __name__ == "__main__":

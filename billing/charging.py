@@ -1,22 +1,22 @@
 """Batch charging: turn uncharged usage samples into charges, safely from
 several workers at once.
 
-Each sample is charged in its own short database transaction. The worker
-claims the oldest uncharged sample together with its lease with
-``SELECT … FOR NO KEY UPDATE SKIP LOCKED``: two workers never take the same
-sample, and never two samples of the same lease at once, so a lease's usage
-is priced in order against its own running total (``charge_sample`` reads
-what the lease metered before). ``NO KEY`` leaves the lease open to new
-usage samples (their foreign key check only needs a key-share lock) while it
-is being charged. Accounts are then locked by ``services.post`` in one global
-order, so workers do not deadlock; one sample per transaction keeps the
-platform commission account, which every charge credits, locked for
-milliseconds only.
+A worker claims the oldest uncharged samples, up to ``BATCH`` at a time,
+together with their leases, with ``SELECT … FOR NO KEY UPDATE SKIP LOCKED``:
+two workers never take the same sample, and never samples of the same lease
+at once, so a lease's usage is priced in order against its own running
+total. ``NO KEY`` leaves the lease open to new usage samples (their foreign
+key check only needs a key-share lock) while it is being charged. The batch
+is charged in one short database transaction by
+``services.charge_samples``, whose ledger transactions go through one
+``post_many`` (accounts locked in one global order, so workers do not
+deadlock). If the batch is refused (a sample that cannot be charged), its
+samples are charged one by one to set the culprit aside.
 
-Exactly-once does not rest on the claim: ``charge_sample`` locks the sample
-and returns without charging a sample already marked charged, and the unique
-sample on ``Charge`` and the unique ledger key ``capture:usage:<id>`` refuse a
-second charge in the database."""
+Exactly-once does not rest on the claim: the services lock the samples and
+leave out any already marked charged, and the unique sample on ``Charge``
+and the unique ledger key ``capture:usage:<id>`` refuse a second charge in
+the database."""
 
 from __future__ import annotations
 
@@ -61,19 +61,33 @@ class ChargeRun:
         }
 
 
-def _claim_next(skip: set[int]) -> tuple[int, int, int] | None:
-    """(sample id, lease id, offer id) of the oldest uncharged sample no other
-    worker holds, locked with its lease until the caller's transaction ends."""
-    sample = (
+BATCH = 100  # samples charged in one database transaction
+
+
+def _claim(count: int, skip: set[int]) -> list[tuple[int, int, int]]:
+    """(sample id, lease id, offer id) of the ``count`` oldest uncharged
+    samples no other worker holds, locked with their leases until the
+    caller's transaction ends."""
+    samples = (
         UsageSample.objects.filter(charged=False)
         .exclude(pk__in=skip)
         .select_related("lease")
         .only("id", "lease__id", "lease__offer_id")
         .select_for_update(skip_locked=True, no_key=True, of=("self", "lease"))
-        .order_by("id")
-        .first()
+        .order_by("id")[:count]
     )
-    return None if sample is None else (sample.pk, sample.lease.pk, sample.lease.offer_id)
+    return [(s.pk, s.lease.pk, s.lease.offer_id) for s in samples]
+
+
+def _claim_one(sample_id: int) -> bool:
+    """Whether the sample is uncharged and no other worker holds it or its lease (then locked for the caller)."""
+    claimed = (
+        UsageSample.objects.filter(pk=sample_id, charged=False)
+        .select_related("lease")
+        .only("id", "lease__id")
+        .select_for_update(skip_locked=True, no_key=True, of=("self", "lease"))
+    )
+    return bool(list(claimed))
 
 
 def _commission_rate(offer_id: int, cache: dict[int, Decimal]) -> Decimal:
@@ -87,38 +101,64 @@ def _commission_rate(offer_id: int, cache: dict[int, Decimal]) -> Decimal:
 
 
 def charge_batch(*, limit: int = 500) -> ChargeRun:
-    """Charge up to ``limit`` uncharged usage samples, oldest first, each in
-    its own transaction; stops early when none is left to claim. Safe to run
-    in several workers at once: they take disjoint samples."""
+    """Charge up to ``limit`` uncharged usage samples, oldest first, ``BATCH``
+    to a database transaction; stops early when none is left to claim. Safe
+    to run in several workers at once: they take disjoint samples."""
     run = ChargeRun()
     rates: dict[int, Decimal] = {}
-    suspended: set[int] = set()
     refused: set[int] = set()
-    for _ in range(limit):
-        claimed: tuple[int, int, int] | None = None
+    suspended: set[int] = set()
+    while run.samples + len(run.failed) < limit:
+        claimed: list[tuple[int, int, int]] = []
         try:
             with transaction.atomic():
-                claimed = _claim_next(refused)
-                if claimed is None:
+                claimed = _claim(min(BATCH, limit - run.samples - len(run.failed)), refused)
+                if not claimed:
                     break
-                sample_id, lease_id, offer_id = claimed
-                outcome = services.charge_sample(sample_id=sample_id, commission_rate=_commission_rate(offer_id, rates))
-        except ApplicationError as error:
-            if claimed is None:
+                offers = {offer_id for _sample, _lease, offer_id in claimed}
+                outcomes = services.charge_samples(
+                    sample_ids=[sample_id for sample_id, _lease, _offer in claimed],
+                    commission_rates={offer_id: _commission_rate(offer_id, rates) for offer_id in offers},
+                )
+        except ApplicationError:
+            if not claimed:
                 raise
-            log.warning("usage sample %s was not charged: %s", claimed[0], error.detail)
-            refused.add(claimed[0])
-            run.failed.append((claimed[0], error.detail))
-            continue
-        run.samples += 1
-        if outcome.charge is not None:
-            run.charges += 1
-            run.gross += outcome.charge.gross
-        if outcome.suspended and outcome.charge is not None and lease_id not in suspended:
-            suspended.add(lease_id)
-            run.suspended_leases.append(lease_id)
-            _suspend(lease_id, owed=outcome.charge.owed)
+            outcomes = _one_by_one(claimed, rates, run, refused)
+        for sample_id, lease_id, _offer in claimed:
+            if sample_id in outcomes:
+                _record(run, outcomes[sample_id], lease_id, suspended)
     return run
+
+
+def _one_by_one(
+    claimed: list[tuple[int, int, int]], rates: dict[int, Decimal], run: ChargeRun, refused: set[int]
+) -> dict[int, services.ChargeOutcome]:
+    """Charge a refused batch's samples each in its own transaction; those refused again are set aside."""
+    outcomes = {}
+    for sample_id, _lease_id, offer_id in claimed:
+        try:
+            with transaction.atomic():
+                if not _claim_one(sample_id):  # another worker took it meanwhile
+                    continue
+                outcomes[sample_id] = services.charge_sample(
+                    sample_id=sample_id, commission_rate=_commission_rate(offer_id, rates)
+                )
+        except ApplicationError as error:
+            log.warning("usage sample %s was not charged: %s", sample_id, error.detail)
+            refused.add(sample_id)
+            run.failed.append((sample_id, error.detail))
+    return outcomes
+
+
+def _record(run: ChargeRun, outcome: services.ChargeOutcome, lease_id: int, suspended: set[int]) -> None:
+    run.samples += 1
+    if outcome.charge is not None:
+        run.charges += 1
+        run.gross += outcome.charge.gross
+    if outcome.suspended and outcome.charge is not None and lease_id not in suspended:
+        suspended.add(lease_id)
+        run.suspended_leases.append(lease_id)
+        _suspend(lease_id, owed=outcome.charge.owed)
 
 
 def _suspend(lease_id: int, *, owed: Decimal) -> None:

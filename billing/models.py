@@ -142,11 +142,13 @@ class UsageSample(models.Model):
     ncu_hours = models.DecimalField(max_digits=18, decimal_places=4)
     energy_kwh = models.DecimalField(max_digits=14, decimal_places=3, null=True, blank=True)
     signature = models.CharField(max_length=128, blank=True)
-    charged = models.BooleanField(default=False, db_index=True)
+    charged = models.BooleanField(default=False)
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ("id",)
+        # Charging claims the oldest uncharged samples: a small index of those alone, however many are charged.
+        indexes = [models.Index(fields=["id"], condition=Q(charged=False), name="usage_sample_uncharged")]
         constraints = [
             models.UniqueConstraint(fields=["lease", "sequence"], name="usage_sample_once_per_sequence"),
             models.CheckConstraint(condition=Q(end__gt=models.F("start")), name="usage_window_ordered"),

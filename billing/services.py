@@ -3,7 +3,9 @@ an idempotency key (a retry returns the first result and moves nothing
 twice), postings summing to zero (checked by billing.domain.ledger), and
 account balances updated in the same database transaction with ``F()``
 (never read-modify-write). The database refuses a forbidden negative
-balance (a CheckConstraint), so no race can overdraw an account."""
+balance (a CheckConstraint), so no race can overdraw an account. Writing
+transactions is billing.posting's ``post`` (one) and ``post_many`` (a
+batch, few round trips)."""
 
 from __future__ import annotations
 
@@ -13,133 +15,33 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum
-from django.db.models.functions import Round
 from django.utils import timezone
 
 from billing.domain import ledger, pricing
 from billing.domain.money import to_fen
 from billing.models import (
-    MAY_GO_NEGATIVE,
     Account,
     AccountKind,
     Charge,
     Hold,
     HoldStatus,
     LedgerTransaction,
-    Posting,
     UsageSample,
 )
+from billing.posting import ADJUSTMENTS as ADJUSTMENTS  # the ledger's verbs and accounts, for callers
+from billing.posting import BANK_CLEARING, PLATFORM_COMMISSION, fen_sum, post, post_many
+from billing.posting import InsufficientFunds as InsufficientFunds
 from core.audit import audit_record
-from core.errors import ApplicationError, Conflict, InvalidInput
+from core.errors import InvalidInput
 from marketplace.models import Organisation, User
 
 log = logging.getLogger(__name__)
 
-PLATFORM_COMMISSION = "platform:commission"
-BANK_CLEARING = "platform:clearing"
-ADJUSTMENTS = "platform:adjustments"
-PLATFORM_KINDS = {
-    PLATFORM_COMMISSION: AccountKind.PLATFORM_COMMISSION,
-    BANK_CLEARING: AccountKind.BANK_CLEARING,
-    ADJUSTMENTS: AccountKind.ADJUSTMENTS,
-}
-
-
-def _fen_sum(column: F, amount: Decimal) -> Round:
-    """column + amount rounded to the fen in the database: PostgreSQL's numeric
-    is exact anyway; SQLite adds in binary floating point, where 10.00 − 9.99
-    − 0.01 is a hair below zero and would trip the non-negative constraint."""
-    return Round(column + amount, 2)
-
-
-class InsufficientFunds(ApplicationError):
-    code = "insufficient_funds"
-    status = 402
-
 
 def account_code(organisation_id: int, kind: str) -> str:
     return f"org:{organisation_id}:{kind}"
-
-
-# Voucher programme accounts (see vouchers.domain.movements): "programme:<id>:budget",
-# "programme:<id>:lapsed" and "voucher:<id>", owned by no organisation.
-PROGRAMME_KINDS = {"budget": AccountKind.PROGRAMME_BUDGET, "lapsed": AccountKind.PROGRAMME_LAPSED}
-
-
-def _voucher_account_kind(code: str) -> str | None:
-    """The kind of a voucher programme account code, or None if it is not one."""
-    parts = code.split(":")
-    if len(parts) == 2 and parts[0] == "voucher" and parts[1].isdigit():
-        return AccountKind.VOUCHER
-    if len(parts) == 3 and parts[0] == "programme" and parts[1].isdigit() and parts[2] in PROGRAMME_KINDS:
-        return PROGRAMME_KINDS[parts[2]]
-    return None
-
-
-def _account_rows(codes: set[str]) -> dict[str, Account]:
-    """The accounts named by ``codes``, created on first use."""
-    found = {a.code: a for a in Account.objects.filter(code__in=codes)}
-    for code in codes - set(found):
-        if code in PLATFORM_KINDS:
-            kind, org_id = PLATFORM_KINDS[code], None
-        elif voucher_kind := _voucher_account_kind(code):
-            kind, org_id = voucher_kind, None
-        else:
-            prefix, org, kind = code.split(":")
-            if prefix != "org" or kind not in AccountKind.values:
-                raise InvalidInput(f"unknown account {code}", field="account")
-            org_id = int(org)
-        try:
-            with transaction.atomic():
-                found[code] = Account.objects.create(
-                    code=code, organisation_id=org_id, kind=kind, may_go_negative=kind in MAY_GO_NEGATIVE
-                )
-        except IntegrityError:  # created by a concurrent transaction meanwhile
-            found[code] = Account.objects.get(code=code)
-    return found
-
-
-def post(
-    draft: ledger.TransactionDraft, *, actor: User | None = None, data: dict[str, Any] | None = None
-) -> tuple[LedgerTransaction, bool]:
-    """Write a transaction once. Returns (row, created): a retry with the same
-    key and the same postings returns the first row and moves nothing; the
-    same key with different postings is a conflict."""
-    ledger.validate_transaction(draft)
-    with transaction.atomic():
-        existing = LedgerTransaction.objects.filter(key=draft.key).first()
-        if existing is None:
-            try:
-                with transaction.atomic():
-                    row = LedgerTransaction.objects.create(
-                        key=draft.key,
-                        kind=str(draft.kind),
-                        memo=draft.memo[:500],
-                        fingerprint=draft.fingerprint,
-                        data=data or {},
-                        actor=actor if getattr(actor, "pk", None) else None,
-                    )
-            except IntegrityError:
-                existing = LedgerTransaction.objects.get(key=draft.key)
-        if existing is not None:
-            if existing.fingerprint != draft.fingerprint:
-                raise Conflict(f"idempotency key {draft.key} was already used for a different movement", field="key")
-            return existing, False
-        accounts = _account_rows({p.account for p in draft.postings})
-        Posting.objects.bulk_create(
-            [Posting(transaction=row, account=accounts[p.account], amount=p.amount) for p in draft.postings]
-        )
-        for p in sorted(draft.postings, key=lambda p: p.account):  # one lock order: no deadlocks
-            try:
-                with transaction.atomic():
-                    Account.objects.filter(pk=accounts[p.account].pk).update(balance=_fen_sum(F("balance"), p.amount))
-            except IntegrityError:
-                raise InsufficientFunds(
-                    f"{p.account} cannot cover {-p.amount} CNY ({draft.memo})", field="amount"
-                ) from None
-    return row, True
 
 
 def balance(code: str) -> Decimal:
@@ -244,59 +146,49 @@ def available_for_update(buyer_ids: set[int]) -> dict[int, Decimal]:
 def holds_for_new_leases(leases: list[Any]) -> None:
     """Escrow for many new leases at once (a scheduling cycle): per lease one
     idempotent ledger transaction "hold:lease:<id>" moving its estimated cost
-    from the buyer's available to held account, and a Hold row; account
-    balances move with one UPDATE per account. The caller has locked the
-    available accounts (available_for_update) and checked they cover it."""
+    from the buyer's available to held account, all written by one
+    ``post_many`` (one SQL statement per thousand leases on PostgreSQL), and a
+    Hold row. The caller has locked the available accounts
+    (available_for_update) and checked they cover it; if one does not, the
+    database refuses the lot (InsufficientFunds) and nothing is written."""
     wanted = [(lease, to_fen(lease.estimated_cost)) for lease in leases]
-    drafts = []
+    drafts, data = [], []
     for lease, amount in wanted:
         if amount <= 0:
             continue
         buyer = lease.job.buyer_id
         drafts.append(
-            (
-                lease,
-                ledger.hold(
-                    available=account_code(buyer, AccountKind.BUYER_AVAILABLE),
-                    held=account_code(buyer, AccountKind.BUYER_HELD),
-                    amount=amount,
-                    reference=f"lease:{lease.pk}",
-                ),
+            ledger.hold(
+                available=account_code(buyer, AccountKind.BUYER_AVAILABLE),
+                held=account_code(buyer, AccountKind.BUYER_HELD),
+                amount=amount,
+                reference=f"lease:{lease.pk}",
             )
         )
-    if drafts:
-        accounts = _account_rows({p.account for _, d in drafts for p in d.postings})
-        rows = LedgerTransaction.objects.bulk_create(
-            [
-                LedgerTransaction(
-                    key=d.key, kind=str(d.kind), memo=d.memo[:500], fingerprint=d.fingerprint, data={"lease": lease.pk}
-                )
-                for lease, d in drafts
-            ],
+        data.append({"lease": lease.pk})
+    post_many(drafts, data=data)
+    if connection.vendor != "postgresql":
+        Hold.objects.bulk_create(
+            [Hold(lease_id=lease.pk, buyer_id=lease.job.buyer_id, amount=amount) for lease, amount in wanted],
             batch_size=1000,
         )
-        Posting.objects.bulk_create(
-            [
-                Posting(transaction=row, account=accounts[p.account], amount=p.amount)
-                for row, (_lease, d) in zip(rows, drafts, strict=True)
-                for p in d.postings
-            ],
-            batch_size=2000,
+        return
+    with connection.cursor() as cursor:  # one statement, no model instances: thousands of leases a cycle
+        cursor.execute(
+            """
+            INSERT INTO billing_hold (lease_id, buyer_id, amount, captured, released, status, created_at)
+            SELECT lease_id, buyer_id, amount, 0, 0, %(status)s, %(now)s
+            FROM unnest(%(leases)s::bigint[], %(buyers)s::bigint[], %(amounts)s::numeric[])
+                AS h(lease_id, buyer_id, amount)
+            """,
+            {
+                "status": HoldStatus.OPEN.value,
+                "now": timezone.now(),
+                "leases": [lease.pk for lease, _amount in wanted],
+                "buyers": [lease.job.buyer_id for lease, _amount in wanted],
+                "amounts": [amount for _lease, amount in wanted],
+            },
         )
-        moves: dict[str, Decimal] = {}
-        for _lease, d in drafts:
-            for p in d.postings:
-                moves[p.account] = moves.get(p.account, Decimal(0)) + p.amount
-        for code in sorted(moves):
-            try:
-                with transaction.atomic():
-                    Account.objects.filter(pk=accounts[code].pk).update(balance=_fen_sum(F("balance"), moves[code]))
-            except IntegrityError:
-                raise InsufficientFunds(f"{code} cannot cover the holds of this cycle", field="amount") from None
-    Hold.objects.bulk_create(
-        [Hold(lease_id=lease.pk, buyer_id=lease.job.buyer_id, amount=amount) for lease, amount in wanted],
-        batch_size=1000,
-    )
 
 
 def hold_close(*, lease: Any, actor: User | None = None) -> Hold | None:
@@ -320,7 +212,7 @@ def hold_close(*, lease: Any, actor: User | None = None) -> Hold | None:
             )
         status = HoldStatus.VOIDED if hold.captured == 0 else HoldStatus.CLOSED
         Hold.objects.filter(pk=hold.pk).update(
-            released=_fen_sum(F("released"), remaining), status=status, closed_at=timezone.now()
+            released=fen_sum(F("released"), remaining), status=status, closed_at=timezone.now()
         )
         audit_record(
             actor=actor,
@@ -423,7 +315,12 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
         sample = UsageSample.objects.select_for_update().filter(pk=sample_id).first()
         if sample is None or sample.charged:
             return ChargeOutcome(charge=getattr(sample, "charge", None) if sample else None)
-        lease = Lease.objects.select_related("job", "pool__site", "offer").get(pk=sample.lease_id)
+        # The lease is locked before its earlier usage is read: its samples are priced one after another.
+        lease = (
+            Lease.objects.select_related("job", "pool__site", "offer")
+            .select_for_update(no_key=True, of=("self",))
+            .get(pk=sample.lease_id)
+        )
         buyer_id, provider_id = lease.job.buyer_id, lease.pool.site.provider_id
         month_to_date = Charge.objects.filter(buyer_id=buyer_id, created_at__gte=_month_start(sample.end)).aggregate(
             total=Sum("ncu_hours")
@@ -470,7 +367,7 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
             data={"lease": lease.pk, "sample": sample.pk},
         )
         if hold is not None and from_hold:
-            Hold.objects.filter(pk=hold.pk).update(captured=_fen_sum(F("captured"), from_hold))
+            Hold.objects.filter(pk=hold.pk).update(captured=fen_sum(F("captured"), from_hold))
         charge = Charge.objects.create(
             sample=sample,
             lease=lease,
@@ -490,3 +387,167 @@ def charge_sample(*, sample_id: int, commission_rate: Decimal) -> ChargeOutcome:
         )
         _voucher_plan_record(charge=charge, plan=vouchers)
     return ChargeOutcome(charge=charge, suspended=owed > 0)
+
+
+@dataclass
+class _Pending:
+    """One sample of a batch being charged: its price, then how it is funded."""
+
+    sample: UsageSample
+    lease: Any
+    result: pricing.Charge
+    from_hold: Decimal
+    rest: Decimal
+    from_available: Decimal = Decimal("0.00")
+
+
+def charge_samples(*, sample_ids: list[int], commission_rates: dict[int, Decimal]) -> dict[int, ChargeOutcome]:
+    """Charge many usage samples in one database transaction: each exactly
+    once, with the prices, funding and outcome ``charge_sample`` gives them
+    one after another in id order, and their ledger transactions written by
+    one ``post_many``. ``commission_rates`` maps each lease's offer id to its
+    commission rate. Samples already charged are left out of the result.
+
+    The samples and their leases are locked (the leases ``FOR NO KEY
+    UPDATE``: new usage can still be reported); each lease's earlier usage
+    and each buyer's month-to-date are read once and carried forward as
+    running totals through the batch; the holds are locked, and the
+    available accounts of the buyers whose holds fall short, in one order.
+    Samples of jobs that pay with vouchers go through ``charge_sample``
+    after the others (their vouchers decide per charge)."""
+    from scheduler.models import Lease
+    from vouchers.models import JobVoucherChoice
+
+    with transaction.atomic():
+        samples = list(
+            UsageSample.objects.select_for_update(of=("self",)).filter(pk__in=sample_ids, charged=False).order_by("id")
+        )
+        if not samples:
+            return {}
+        leases = {
+            lease.pk: lease
+            for lease in Lease.objects.select_related("job", "pool__site", "offer")
+            .select_for_update(no_key=True, of=("self",))
+            .filter(pk__in={s.lease_id for s in samples})
+            .order_by("pk")
+        }
+        with_vouchers = set(
+            JobVoucherChoice.objects.filter(
+                job_id__in={lease.job_id for lease in leases.values()}, enabled=True
+            ).values_list("job_id", flat=True)
+        )
+        outcomes = _charge_together(
+            [s for s in samples if leases[s.lease_id].job_id not in with_vouchers], leases, commission_rates
+        )
+        for sample in samples:
+            lease = leases[sample.lease_id]
+            if lease.job_id in with_vouchers:
+                outcomes[sample.pk] = charge_sample(
+                    sample_id=sample.pk, commission_rate=commission_rates[lease.offer_id]
+                )
+    return outcomes
+
+
+def _charge_together(samples: list[UsageSample], leases: dict[int, Any], rates: dict[int, Decimal]) -> dict[int, Any]:
+    if not samples:
+        return {}
+    lease_ids = {s.lease_id for s in samples}
+    lease_before = dict(
+        Charge.objects.filter(lease_id__in=lease_ids)
+        .values("lease_id")
+        .annotate(total=Sum("ncu_hours"))
+        .values_list("lease_id", "total")
+    )
+    month_base: dict[tuple[int, datetime], Decimal] = {}
+    charged_now: dict[int, Decimal] = {}  # NCU-hours charged in this batch, per buyer: all of this month
+    holds = {h.lease_id: h for h in Hold.objects.select_for_update().filter(lease_id__in=lease_ids).order_by("pk")}
+    remaining = {lease_id: h.remaining for lease_id, h in holds.items() if h.status == HoldStatus.OPEN}
+    prices: dict[int, pricing.LockedPrice] = {}
+    pending: list[_Pending] = []
+    for sample in samples:
+        lease = leases[sample.lease_id]
+        buyer_id = lease.job.buyer_id
+        month = (buyer_id, _month_start(sample.end))
+        if month not in month_base:
+            month_base[month] = Charge.objects.filter(buyer_id=buyer_id, created_at__gte=month[1]).aggregate(
+                total=Sum("ncu_hours")
+            )["total"] or Decimal(0)
+        if lease.pk not in prices:
+            prices[lease.pk] = pricing.LockedPrice(
+                pricing_type=pricing.PricingType(lease.pricing_type),
+                unit_price=lease.unit_price,
+                commission_rate=rates[lease.offer_id],
+                volume_tiers=_volume_tiers(lease),
+                month_to_date_ncu_hours=lease.volume_position,
+            )
+        before = lease_before.get(lease.pk) or Decimal(0)
+        result = pricing.charge(
+            prices[lease.pk],
+            sample.ncu_hours,
+            month_to_date_ncu_hours=month_base[month] + charged_now.get(buyer_id, Decimal(0)),
+            lease_ncu_hours_before=before,
+        )
+        if result.gross <= 0:
+            continue
+        lease_before[lease.pk] = before + result.ncu_hours
+        charged_now[buyer_id] = charged_now.get(buyer_id, Decimal(0)) + result.ncu_hours
+        from_hold = min(result.gross, remaining.get(lease.pk, Decimal("0.00")))
+        if lease.pk in remaining:
+            remaining[lease.pk] -= from_hold
+        pending.append(_Pending(sample, lease, result, from_hold=from_hold, rest=result.gross - from_hold))
+    short = {p.lease.job.buyer_id for p in pending if p.rest > 0}
+    available = available_for_update(short) if short else {}
+    for p in pending:
+        if p.rest > 0:
+            buyer_id = p.lease.job.buyer_id
+            p.from_available = min(p.rest, max(available[buyer_id], Decimal("0.00")))
+            available[buyer_id] -= p.from_available
+    drafts = []
+    for p in pending:
+        buyer_id, provider_id = p.lease.job.buyer_id, p.lease.pool.site.provider_id
+        drafts.append(
+            ledger.capture_funded(
+                sources=(
+                    (account_code(buyer_id, AccountKind.BUYER_HELD), p.from_hold),
+                    (account_code(buyer_id, AccountKind.BUYER_AVAILABLE), p.from_available),
+                    (account_code(buyer_id, AccountKind.BUYER_DEBT), p.rest - p.from_available),
+                ),
+                provider_payable=account_code(provider_id, AccountKind.PROVIDER_PAYABLE),
+                platform_commission=PLATFORM_COMMISSION,
+                charge=p.result,
+                reference=f"usage:{p.sample.pk}",
+            )
+        )
+    written = post_many(drafts, data=[{"lease": p.lease.pk, "sample": p.sample.pk} for p in pending])
+    UsageSample.objects.filter(pk__in=[s.pk for s in samples]).update(charged=True)
+    captured: dict[int, Decimal] = {}
+    for p in pending:
+        if p.from_hold:
+            captured[p.lease.pk] = captured.get(p.lease.pk, Decimal(0)) + p.from_hold
+    for lease_id, amount in sorted(captured.items()):
+        Hold.objects.filter(pk=holds[lease_id].pk).update(captured=fen_sum(F("captured"), amount))
+    charges = Charge.objects.bulk_create(
+        [
+            Charge(
+                sample=p.sample,
+                lease=p.lease,
+                buyer_id=p.lease.job.buyer_id,
+                provider_id=p.lease.pool.site.provider_id,
+                pricing_type=p.result.pricing_type.value,
+                unit_price=p.result.unit_price,
+                ncu_hours=p.result.ncu_hours,
+                gross=p.result.gross,
+                commission=p.result.commission,
+                provider_share=p.result.provider_share,
+                from_hold=p.from_hold,
+                from_available=p.from_available,
+                owed=p.rest - p.from_available,
+                transaction=row,
+            )
+            for p, (row, _created) in zip(pending, written, strict=True)
+        ]
+    )
+    outcomes: dict[int, Any] = {s.pk: ChargeOutcome(charge=None) for s in samples}
+    for charge in charges:
+        outcomes[charge.sample_id] = ChargeOutcome(charge=charge, suspended=charge.owed > 0)
+    return outcomes

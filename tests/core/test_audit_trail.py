@@ -222,13 +222,15 @@ def test_sign_ins_through_the_api_and_the_console_are_audited(operator, buyer, a
     assert api.post("/api/v1/auth/token", {"username": buyer.username, "password": "pw-buyer-1"}).status_code == 200
     assert api.post("/api/v1/auth/token", {"username": buyer.username, "password": "wrong"}).status_code == 400
     console = Client()
-    response = console.post("/admin/login/?next=/admin/", {"username": operator.username, "password": "pw-operator-1"})
+    response = console.post(
+        "/accounts/login/?next=/admin/", {"username": operator.username, "password": "pw-operator-1"}
+    )
     assert response.status_code == 302
 
     signed_in = list(AuditEntry.objects.filter(action="user.signed_in").order_by("id"))
     assert [(e.actor_id, e.data["role"], e.data["via"]) for e in signed_in] == [
         (buyer.pk, "buyer", "/api/v1/auth/token"),
-        (operator.pk, "operator", "/admin/login/"),
+        (operator.pk, "operator", "/accounts/login/"),
     ]
     assert signed_in[1].entity_type == "marketplace.user" and signed_in[1].entity_id == str(operator.pk)
     assert verify()[0] == 0

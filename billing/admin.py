@@ -22,12 +22,13 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from billing import settlement
+from billing import payments, settlement
 from billing.models import (
     Account,
     Charge,
     Hold,
     LedgerTransaction,
+    PaymentNotice,
     Posting,
     SettlementPeriod,
     SettlementStatement,
@@ -98,6 +99,43 @@ class ChargeAdmin(OperatorAdmin):
     search_fields = ("=lease__id", "buyer__name", "provider__name")
     list_select_related = ("lease", "buyer", "provider")
     readonly_fields = readonly_fields_of(Charge)
+
+
+def _confirm_payment(notice: PaymentNotice, actor: Any, reason: str, _cleaned: dict[str, Any]) -> None:
+    payments.payment_notice_confirm(notice=notice, actor=actor, reason=reason)
+
+
+def _reject_payment(notice: PaymentNotice, actor: Any, reason: str, _cleaned: dict[str, Any]) -> None:
+    payments.payment_notice_reject(notice=notice, actor=actor, reason=reason)
+
+
+@admin.register(PaymentNotice)
+class PaymentNoticeAdmin(OperatorAdmin):
+    """Buyers' notices of money paid in: confirm those found on the bank statement (the wallet is credited once),
+    reject the others with a reason."""
+
+    list_display = ("reference", "organisation", "amount", "status", "created_at", "reviewed_by", "transaction")
+    list_filter = ("status",)
+    search_fields = ("reference", "organisation__name")
+    list_select_related = ("organisation", "reviewed_by", "transaction")
+    readonly_fields = readonly_fields_of(PaymentNotice)
+    actions = (
+        reasoned_action(
+            name="confirm_selected",
+            description="Confirm selected payments (found on the bank statement)",
+            service=_confirm_payment,
+            reason_required=False,
+            verb="confirmed and credited",
+            warning="Confirming credits each buyer's wallet with the amount of its notice.",
+        ),
+        reasoned_action(
+            name="reject_selected",
+            description="Reject selected payments (not on the bank statement)",
+            service=_reject_payment,
+            reason_required=True,
+            verb="rejected",
+        ),
+    )
 
 
 @admin.register(SettlementPeriod)

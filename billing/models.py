@@ -296,3 +296,49 @@ class StatementLine(models.Model):
 
     def __str__(self) -> str:
         return f"Lease {self.lease_id}: {self.gross}"
+
+
+class PaymentNoticeStatus(models.TextChoices):
+    PENDING = "pending", "Pending: not yet found on the bank account"
+    CONFIRMED = "confirmed", "Confirmed: credited to the wallet"
+    REJECTED = "rejected", "Rejected: no such payment arrived"
+
+
+class PaymentNotice(models.Model):
+    """A buyer's notice of money paid in to the platform's bank account, with
+    the payment's reference. Nothing moves when it is given: an operator who
+    finds the payment on the bank statement confirms it, and only then is the
+    top-up posted to the ledger (``transaction``); otherwise it is rejected
+    with a reason. One notice per organisation and reference."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="payment_notices")
+    amount = models.DecimalField(**MONEY)
+    reference = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=PaymentNoticeStatus.choices, default=PaymentNoticeStatus.PENDING)
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, help_text="The operator's reason (required to reject)")
+    transaction = models.OneToOneField(
+        LedgerTransaction, on_delete=models.PROTECT, null=True, blank=True, related_name="payment_notice"
+    )
+
+    class Meta:
+        ordering = ("-id",)
+        constraints = [
+            models.UniqueConstraint(fields=("organisation", "reference"), name="payment_notice_once_per_reference"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payment_notice_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(status="confirmed", transaction__isnull=False) | ~Q(status="confirmed"),
+                name="payment_notice_confirmed_has_transaction",
+            ),
+        ]
+        indexes = [models.Index(fields=("status", "id"), name="payment_notice_queue")]
+
+    def __str__(self) -> str:
+        return f"Payment notice {self.reference} of {self.amount} ({self.status})"

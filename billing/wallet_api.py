@@ -1,6 +1,7 @@
-"""The wallet: a buyer's top-ups (an external payment reference, no payment
-gateway) and what an organisation's accounts hold, with the history of every
-ledger transaction that touched them and what it meant."""
+"""The wallet: what an organisation's accounts hold, with the history of
+every ledger transaction that touched them and what it meant, and a buyer's
+notices of money paid in (an external payment reference, confirmed by an
+operator; no payment gateway)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import services
+from billing import payments
 from billing.domain.ledger import TransactionKind
-from billing.models import Account, AccountKind, LedgerTransaction, Posting
+from billing.models import Account, AccountKind, LedgerTransaction, PaymentNotice, PaymentNoticeStatus, Posting
+from core.api import paginate
 from core.errors import InvalidInput
-from core.permissions import IsBuyer, IsMember
+from core.permissions import IsBuyer, IsMember, IsOperator, role_of
 
 MAX_PAGE = 200
 
@@ -170,14 +173,42 @@ class WalletView(APIView):
         return Response(WalletOutput(body).data)
 
 
-class TopUpView(APIView):
-    """Buyer: record money paid in, with the payment's reference (a bank
-    transfer's or payment slip's number). 201 with the transaction; sending
-    the same reference again returns that transaction with 200 and moves
-    nothing; the same reference with another amount is refused (409). What
-    the organisation owes from earlier usage is repaid first."""
+class PaymentNoticeOutput(serializers.ModelSerializer):
+    organisation = serializers.IntegerField(source="organisation_id", read_only=True)
+    transaction = serializers.IntegerField(
+        source="transaction_id",
+        read_only=True,
+        allow_null=True,
+        help_text="The top-up's ledger transaction, once confirmed",
+    )
 
-    permission_classes = [IsBuyer]
+    class Meta:
+        model = PaymentNotice
+        fields = (
+            "id",
+            "organisation",
+            "amount",
+            "reference",
+            "status",
+            "created_at",
+            "reviewed_at",
+            "reason",
+            "transaction",
+        )
+
+
+class TopUpView(APIView):
+    """Buyer (POST): give notice of money paid in to the platform's bank
+    account, with the payment's reference (a bank transfer's or payment slip's
+    number). Nothing moves yet: 202 with the notice, pending until an operator
+    finds the payment and confirms it, which credits the wallet (debt from
+    earlier usage is repaid first). Sending the same reference again returns
+    that notice with 200; the same reference with another amount is refused
+    (409). GET: your organisation's notices (operators: everyone's),
+    newest first, optionally by ``status``."""
+
+    def get_permissions(self) -> list[Any]:
+        return [IsBuyer()] if self.request.method == "POST" else [IsMember()]
 
     class InputSerializer(serializers.Serializer):
         amount = serializers.DecimalField(
@@ -185,18 +216,73 @@ class TopUpView(APIView):
         )
         reference = serializers.CharField(max_length=200, help_text="The external payment's reference")
 
-    @extend_schema(request=InputSerializer, responses={201: WalletTransaction, 200: WalletTransaction})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "status", str, enum=list(PaymentNoticeStatus.values), description="Only notices in this state"
+            ),
+            OpenApiParameter("limit", int, description="Page size (at most 500, default 50)"),
+            OpenApiParameter("offset", int, description="Notices to skip"),
+        ],
+        responses=PaymentNoticeOutput(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        notices = PaymentNotice.objects.order_by("-id")
+        if role_of(request.user) != "operator":
+            notices = notices.filter(organisation_id=request.user.organisation_id)
+        wanted = request.query_params.get("status")
+        if wanted:
+            if wanted not in PaymentNoticeStatus.values:
+                raise InvalidInput(f"status is one of {', '.join(PaymentNoticeStatus.values)}", field="status")
+            notices = notices.filter(status=wanted)
+        return paginate(request, notices, PaymentNoticeOutput)
+
+    @extend_schema(request=InputSerializer, responses={202: PaymentNoticeOutput, 200: PaymentNoticeOutput})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        org = request.user.organisation
-        reference = data.validated_data["reference"].strip()
-        # The key services.wallet_top_up gives the payment: seen before means a retry.
-        seen = LedgerTransaction.objects.filter(key=f"{TransactionKind.TOP_UP}:{org.pk}:{reference}").exists()
-        tx = services.wallet_top_up(
-            organisation=org, amount=data.validated_data["amount"], reference=reference, actor=request.user
+        notice, created = payments.payment_notice_submit(
+            organisation=request.user.organisation,
+            amount=data.validated_data["amount"],
+            reference=data.validated_data["reference"],
+            user=request.user,
         )
         return Response(
-            WalletTransaction(transaction_view(tx, org.pk)).data,
-            status=status.HTTP_200_OK if seen else status.HTTP_201_CREATED,
+            PaymentNoticeOutput(notice).data, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
         )
+
+
+class PaymentReviewInput(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class TopUpConfirmView(APIView):
+    """Operator: the payment is on the bank statement. Credits the wallet once
+    (confirming again changes nothing) and tells the buyer."""
+
+    permission_classes = [IsOperator]
+
+    @extend_schema(request=PaymentReviewInput, responses=PaymentNoticeOutput)
+    def post(self, request: Request, pk: int) -> Response:
+        data = PaymentReviewInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        notice = get_object_or_404(PaymentNotice, pk=pk)
+        notice = payments.payment_notice_confirm(
+            notice=notice, actor=request.user, reason=data.validated_data["reason"]
+        )
+        return Response(PaymentNoticeOutput(notice).data)
+
+
+class TopUpRejectView(APIView):
+    """Operator: no such payment arrived. Closes the notice with the reason
+    (required; the buyer is told), nothing moves."""
+
+    permission_classes = [IsOperator]
+
+    @extend_schema(request=PaymentReviewInput, responses=PaymentNoticeOutput)
+    def post(self, request: Request, pk: int) -> Response:
+        data = PaymentReviewInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        notice = get_object_or_404(PaymentNotice, pk=pk)
+        notice = payments.payment_notice_reject(notice=notice, actor=request.user, reason=data.validated_data["reason"])
+        return Response(PaymentNoticeOutput(notice).data)

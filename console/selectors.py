@@ -18,7 +18,15 @@ from django.db.models import Avg, Count, F, Min, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from billing.models import Account, Charge, SettlementStatement, StatementRole, StatementStatus
+from billing.models import (
+    Account,
+    Charge,
+    PaymentNotice,
+    PaymentNoticeStatus,
+    SettlementStatement,
+    StatementRole,
+    StatementStatus,
+)
 from console.domain import figures
 from marketplace.domain.geography import HUBS
 from marketplace.domain.units import ComputeClass, ncu_per_accelerator, ncu_per_core, pool_ncu
@@ -271,6 +279,9 @@ def review_backlog(*, now: datetime) -> dict[str, Any]:
         pending=Count("id", filter=Q(verification_status=VerificationStatus.PENDING)),
         oldest=Min("created_at", filter=Q(verification_status=VerificationStatus.PENDING)),
     )
+    payments = PaymentNotice.objects.filter(status=PaymentNoticeStatus.PENDING).aggregate(
+        n=Count("id"), oldest=Min("created_at")
+    )
     queues = [
         {
             "queue": "provider_statements",
@@ -289,6 +300,12 @@ def review_backlog(*, now: datetime) -> dict[str, Any]:
             "label": "Providers awaiting verification",
             "count": providers["pending"],
             "oldest_age_hours": _age_hours(providers["oldest"], now),
+        },
+        {
+            "queue": "payments",
+            "label": "Payments to confirm against the bank statement",
+            "count": payments["n"],
+            "oldest_age_hours": _age_hours(payments["oldest"], now),
         },
     ]
     if _vouchers_ready():

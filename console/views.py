@@ -37,6 +37,7 @@ REVIEW_QUEUES = {
         "admin:marketplace_organisation_changelist",
         "category__exact=provider&verification_status__exact=pending",
     ),
+    "payments": ("admin:billing_paymentnotice_changelist", "status__exact=pending"),
     "redemption_statements": ("admin:vouchers_redemptionstatement_changelist", "status__exact=pending_review"),
     "voucher_applications": ("admin:vouchers_voucherapplication_changelist", "status__exact=pending_review"),
 }

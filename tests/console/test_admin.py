@@ -10,9 +10,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from billing import payments, settlement
 from billing import services as billing
-from billing import settlement
-from billing.models import LedgerTransaction, SettlementStatement
+from billing.models import Account, LedgerTransaction, SettlementStatement
 from core.models import AuditEntry
 from marketplace.models import Organisation
 from scheduler import services as scheduler_services
@@ -57,6 +57,7 @@ def bulk(client: Client, url: str, action: str, ids: list[int], **fields) -> obj
 
 
 STATEMENTS = "/admin/billing/settlementstatement/"
+PAYMENTS = "/admin/billing/paymentnotice/"
 
 
 def test_the_queue_lists_statements_awaiting_approval(operator, pending_statement):
@@ -179,3 +180,26 @@ def test_only_operators_open_the_console(buyer):
     client = console(buyer)
     assert client.get("/admin/billing/settlementstatement/").status_code == 403
     assert b"Settlement statements" not in client.get("/admin/").content
+
+
+def test_payments_found_on_the_bank_statement_are_confirmed_from_the_console_and_credited_once(operator):
+    buyer = factories.buyer(funds=Decimal(0))
+    found, _ = payments.payment_notice_submit(
+        organisation=buyer.organisation, amount=Decimal("300.00"), reference="CCB-77", user=buyer
+    )
+    missing, _ = payments.payment_notice_submit(
+        organisation=buyer.organisation, amount=Decimal("9000.00"), reference="CCB-78", user=buyer
+    )
+    client = console(operator)
+    assert "CCB-77" in client.get(PAYMENTS + "?status__exact=pending").content.decode()
+
+    bulk(client, PAYMENTS, "confirm_selected", [found.pk], reason="statement of 23 Nov")
+    bulk(client, PAYMENTS, "confirm_selected", [found.pk], reason="clicked twice")
+    bulk(client, PAYMENTS, "reject_selected", [missing.pk], reason="no such transfer")
+
+    found.refresh_from_db()
+    missing.refresh_from_db()
+    assert (found.status, missing.status) == ("confirmed", "rejected")
+    assert Account.objects.get(organisation=buyer.organisation, kind="available").balance == Decimal("300.00")
+    entry = AuditEntry.objects.get(entity_id=str(found.pk), action="payment_notice.confirmed")
+    assert (entry.actor_label, entry.reason) == (operator.username, "statement of 23 Nov")

@@ -19,6 +19,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from billing import payments
 from billing import services as billing
 from billing.models import Charge, SettlementStatement
 from core.notices import notify
@@ -101,6 +102,9 @@ def build() -> World:
     o["site_hidden"] = factories.site(pending)
     o["pool_hidden"] = factories.pool(pending, o["site_hidden"], name="pool of a pending provider")
 
+    o["notice_a"], _ = payments.payment_notice_submit(
+        organisation=buyer.organisation, amount=Decimal("10.00"), reference="matrix-notice", user=buyer
+    )
     # Vouchers: buyer A holds one (so its done job's charge is subsidised) and has an application under review.
     programme = voucher_helpers.programme(operator)
     o["programme"] = programme

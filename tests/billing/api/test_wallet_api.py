@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from billing import charging, services
+from core.models import AuditEntry
 from scheduler import services as scheduler_services
 from scheduler.models import Lease
 from tests import factories
@@ -24,41 +25,97 @@ def buyer(db):
     return factories.buyer(funds=Decimal(0))
 
 
-def top_up(client, amount: str, reference: str):
+@pytest.fixture
+def finance(db):
+    """The operator who checks the platform's bank statement."""
+    return client_for(factories.operator())
+
+
+def notify(client, amount: str, reference: str):
     return client.post(TOP_UPS, {"amount": amount, "reference": reference}, format="json")
+
+
+def top_up(client, amount: str, reference: str):
+    """Money paid in: the buyer's notice, confirmed by an operator; the confirmation's answer."""
+    notice = notify(client, amount, reference)
+    assert notice.status_code in (200, 202), notice.data
+    return client_for(factories.operator()).post(f"{TOP_UPS}/{notice.data['id']}/confirm", {}, format="json")
 
 
 def amounts(item: dict) -> dict[str, Decimal]:
     return {line["account"]: Decimal(line["amount"]) for line in item["amounts"]}
 
 
-def test_a_top_up_is_recorded_once_and_a_retry_returns_it(buyer):
+def available(client) -> Decimal:
+    return Decimal(client.get(WALLET).data["available"])
+
+
+def test_a_payment_notice_moves_nothing_until_an_operator_confirms_it_and_then_credits_once(buyer, finance):
     client = client_for(buyer)
-    first = top_up(client, "1200.50", "ICBC-2026-0001")
-    assert first.status_code == 201
-    assert first.data["kind"] == "top_up"
-    assert amounts(first.data) == {"available": Decimal("1200.50")}
-    assert "paid in" in first.data["meaning"]
-    again = top_up(client, "1200.50", " ICBC-2026-0001 ")
+    first = notify(client, "1200.50", "ICBC-2026-0001")
+    assert first.status_code == 202
+    assert first.data["status"] == "pending" and first.data["transaction"] is None
+    again = notify(client, "1200.50", " ICBC-2026-0001 ")
     assert again.status_code == 200 and again.data["id"] == first.data["id"]
+    assert available(client) == 0 and client.get(WALLET).data["history"]["count"] == 0
+
+    confirmed = finance.post(f"{TOP_UPS}/{first.data['id']}/confirm", {"reason": "on the 23 Nov statement"})
+    assert confirmed.status_code == 200 and confirmed.data["status"] == "confirmed"
+    twice = finance.post(f"{TOP_UPS}/{first.data['id']}/confirm", {})
+    assert twice.status_code == 200 and twice.data["transaction"] == confirmed.data["transaction"]
+
     wallet = client.get(WALLET).data
     assert Decimal(wallet["available"]) == Decimal("1200.50")
-    assert wallet["history"]["count"] == 1
+    [item] = wallet["history"]["results"]
+    assert item["id"] == confirmed.data["transaction"] and item["kind"] == "top_up"
+    assert amounts(item) == {"available": Decimal("1200.50")} and "paid in" in item["meaning"]
+    assert client.get("/api/v1/notices").data[0]["title"] == "Payment ICBC-2026-0001 credited"
+    actions = AuditEntry.objects.filter(entity_type="billing.paymentnotice").values_list("action", flat=True)
+    assert sorted(actions) == ["payment_notice.confirmed", "payment_notice.submitted"]
+
+
+def test_a_rejected_notice_moves_nothing_and_tells_the_buyer_why(buyer, finance):
+    client = client_for(buyer)
+    notice = notify(client, "50000.00", "MADE-UP-1").data
+    no_reason = finance.post(f"{TOP_UPS}/{notice['id']}/reject", {"reason": " "})
+    assert no_reason.status_code == 400 and no_reason.data["field"] == "reason"
+    rejected = finance.post(f"{TOP_UPS}/{notice['id']}/reject", {"reason": "not on the bank statement"})
+    assert rejected.status_code == 200 and rejected.data["status"] == "rejected"
+    late = finance.post(f"{TOP_UPS}/{notice['id']}/confirm", {})
+    assert late.status_code == 409
+    assert available(client) == 0
+    assert client.get("/api/v1/notices").data[0]["message"] == "not on the bank statement"
+
+
+def test_only_operators_confirm_or_reject_and_buyers_see_only_their_own_notices(buyer, finance, provider):
+    client = client_for(buyer)
+    mine = notify(client, "10.00", "MINE").data
+    other = factories.buyer(funds=Decimal(0))
+    theirs = notify(client_for(other), "20.00", "THEIRS").data
+    for who in (client, client_for(provider)):
+        assert who.post(f"{TOP_UPS}/{mine['id']}/confirm", {}).status_code == 403
+        assert who.post(f"{TOP_UPS}/{mine['id']}/reject", {"reason": "x"}).status_code == 403
+    assert [n["id"] for n in client.get(TOP_UPS).data["results"]] == [mine["id"]]
+    assert {n["id"] for n in finance.get(TOP_UPS, {"status": "pending"}).data["results"]} >= {mine["id"], theirs["id"]}
+    assert finance.get(TOP_UPS, {"status": "lost"}).data["field"] == "status"
+    assert finance.post(f"{TOP_UPS}/999999/confirm", {}).status_code == 404
+    assert available(client) == 0
 
 
 def test_the_same_reference_with_another_amount_is_refused(buyer):
     client = client_for(buyer)
-    assert top_up(client, "10.00", "SLIP-9").status_code == 201
-    refused = top_up(client, "99.00", "SLIP-9")
+    assert notify(client, "10.00", "SLIP-9").status_code == 202
+    refused = notify(client, "99.00", "SLIP-9")
     assert refused.status_code == 409 and refused.data["code"] == "conflict"
-    assert Decimal(client.get(WALLET).data["available"]) == Decimal("10.00")
+    assert [n["amount"] for n in client.get(TOP_UPS).data["results"]] == ["10.00"]
 
 
 def test_two_buyers_may_use_the_same_bank_reference(buyer):
     other = factories.buyer(funds=Decimal(0))
-    assert top_up(client_for(buyer), "5.00", "0001").status_code == 201
-    assert top_up(client_for(other), "7.00", "0001").status_code == 201
-    assert Decimal(client_for(other).get(WALLET).data["available"]) == Decimal("7.00")
+    assert top_up(client_for(buyer), "5.00", "0001").status_code == 200
+    assert top_up(client_for(other), "7.00", "0001").status_code == 200
+    assert available(client_for(other)) == Decimal("7.00")
+    assert available(client_for(buyer)) == Decimal("5.00")
 
 
 @pytest.mark.parametrize(
@@ -76,19 +133,20 @@ def test_two_buyers_may_use_the_same_bank_reference(buyer):
 def test_a_top_up_needs_a_positive_amount_in_fen_and_a_reference(buyer, body, field):
     response = client_for(buyer).post(TOP_UPS, body, format="json")
     assert response.status_code == 400 and response.data["field"] == field
-    assert Decimal(client_for(buyer).get(WALLET).data["available"]) == 0
+    assert available(client_for(buyer)) == 0 and client_for(buyer).get(TOP_UPS).data["count"] == 0
 
 
 def test_only_buyers_top_up_and_only_members_see_a_wallet(api, provider):
-    assert top_up(client_for(provider), "10.00", "R").status_code == 403
+    assert notify(client_for(provider), "10.00", "R").status_code == 403
     assert api.get(WALLET).status_code in (401, 403)
-    assert top_up(api, "10.00", "R").status_code in (401, 403)
+    assert notify(api, "10.00", "R").status_code in (401, 403)
+    assert api.get(TOP_UPS).status_code in (401, 403)
 
 
 def test_the_wallet_shows_escrow_usage_debt_and_what_each_movement_meant(buyer):
     provider_user, _ = factories.market(nodes=1)
     client = client_for(buyer)
-    assert top_up(client, "1000.00", "BANK-1").status_code == 201
+    assert top_up(client, "1000.00", "BANK-1").status_code == 200
     job = factories.submit(buyer)
     scheduler_services.cycle_run()
     lease = Lease.objects.select_related("job", "pool__site").get(job=job)  # its estimated cost is held
@@ -115,7 +173,7 @@ def test_the_wallet_shows_escrow_usage_debt_and_what_each_movement_meant(buyer):
     assert "usage charged" in capture["meaning"].lower()
     assert "escrow" in history[1]["meaning"]
 
-    assert top_up(client, "100.00", "BANK-2").status_code == 201
+    assert top_up(client, "100.00", "BANK-2").status_code == 200
     wallet = client.get(WALLET).data
     assert Decimal(wallet["owed"]) == 0
     assert Decimal(wallet["available"]) == Decimal("90.00")

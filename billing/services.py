@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.db.models import F, Sum
 from django.db.models.functions import Round
 from django.utils import timezone
@@ -138,6 +138,11 @@ def post(
             except IntegrityError:
                 raise InsufficientFunds(
                     f"{p.account} cannot cover {-p.amount} CNY ({draft.memo})", field="amount"
+                ) from None
+            except DataError:  # numeric overflow: past the largest balance a MONEY column holds
+                raise InvalidInput(
+                    f"{p.account} cannot hold {p.amount} CNY more ({draft.memo}): the amount is too large",
+                    field="amount",
                 ) from None
     return row, True
 

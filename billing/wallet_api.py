@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from billing import services
 from billing.domain.ledger import TransactionKind
 from billing.models import Account, AccountKind, LedgerTransaction, Posting
-from core.errors import InvalidInput
+from core.api import MAX_OFFSET, query_whole_number
 from core.permissions import IsBuyer, IsMember
 
 MAX_PAGE = 200
@@ -132,13 +132,8 @@ class WalletOutput(serializers.Serializer):
 
 
 def _paging(request: Request) -> tuple[int, int]:
-    try:
-        limit = int(request.query_params.get("limit", 50))
-        offset = int(request.query_params.get("offset", 0))
-    except ValueError:
-        raise InvalidInput("limit and offset are whole numbers", field="limit") from None
-    if limit < 1 or offset < 0:
-        raise InvalidInput("limit is at least 1 and offset at least 0", field="limit")
+    limit = query_whole_number(request, "limit", 50, 1)
+    offset = query_whole_number(request, "offset", 0, 0, MAX_OFFSET)
     return min(limit, MAX_PAGE), offset
 
 
@@ -151,8 +146,14 @@ class WalletView(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("limit", int, description=f"History page size (at most {MAX_PAGE}, default 50)"),
-            OpenApiParameter("offset", int, description="History items to skip"),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1},
+                description=f"History page size (at most {MAX_PAGE}, default 50)",
+            ),
+            OpenApiParameter(
+                "offset", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, description="History items to skip"
+            ),
         ],
         responses=WalletOutput,
     )

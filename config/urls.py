@@ -3,6 +3,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from health_check.views import HealthCheckView
 
+handler404 = "core.api.not_found"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path(

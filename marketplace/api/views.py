@@ -17,12 +17,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import StrictLimitOffsetPagination, query_filters
 from core.errors import InvalidInput
 from core.permissions import IsMember, IsOperator, IsProvider
 from marketplace import selectors, services
 from marketplace.domain.geography import CITIES, HUBS
 from marketplace.domain.identifiers import IdentifierError
 from marketplace.domain.units import (
+    ComputeClass,
+    DeviceKind,
     SiteKind,
     node_ncu,
     quantise_units,
@@ -31,6 +34,7 @@ from marketplace.domain.units import (
 from marketplace.models import (
     CITY_CHOICES,
     HUB_CHOICES,
+    STACK_CHOICES,
     Category,
     DeviceModel,
     Organisation,
@@ -146,6 +150,7 @@ class OrganisationListView(ListAPIView):
 
     permission_classes = [IsMember]
     serializer_class = OrganisationOutput
+    pagination_class = StrictLimitOffsetPagination
     filterset_fields = ("category", "verification_status")
 
     def get_queryset(self):
@@ -228,9 +233,21 @@ class DeviceListView(ListAPIView):
 
     permission_classes = [AllowAny]
     serializer_class = DeviceOutput
-    queryset = DeviceModel.objects.all()
-    filterset_fields = ("kind", "vendor", "domestic", "software_stack")
     pagination_class = None
+    filter_backends: list = []
+
+    class Filters(serializers.Serializer):
+        kind = serializers.ChoiceField(choices=[k.value for k in DeviceKind], required=False, allow_blank=True)
+        vendor = serializers.CharField(required=False, allow_blank=True, max_length=64)
+        domestic = serializers.BooleanField(required=False, allow_null=True, default=None)
+        software_stack = serializers.ChoiceField(choices=STACK_CHOICES, required=False, allow_blank=True)
+
+    def get_queryset(self):
+        return DeviceModel.objects.filter(**query_filters(self.request, self.Filters))
+
+    @extend_schema(parameters=[Filters])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
 
 class SiteOutput(serializers.ModelSerializer):
@@ -279,12 +296,12 @@ class SiteListView(APIView):
     def get_permissions(self):
         return [IsProvider()] if self.request.method == "POST" else [IsMember()]
 
-    @extend_schema(responses=SiteOutput(many=True))
+    class Filters(serializers.Serializer):
+        hub = serializers.ChoiceField(choices=HUB_CHOICES, required=False, allow_blank=True)
+
+    @extend_schema(parameters=[Filters], responses=SiteOutput(many=True))
     def get(self, request: Request) -> Response:
-        sites = selectors.sites_visible_to(request.user)
-        hub = request.query_params.get("hub")
-        if hub:
-            sites = sites.filter(hub=hub)
+        sites = selectors.sites_visible_to(request.user).filter(**query_filters(request, self.Filters))
         return Response(SiteOutput(sites, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: SiteOutput})
@@ -327,7 +344,7 @@ class PoolOutput(serializers.ModelSerializer):
     city = serializers.CharField(source="site.city", read_only=True)
     provider = serializers.CharField(source="site.provider.name", read_only=True)
     cpu_model = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    accelerator_model = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    accelerator_model = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
     unit_precision = serializers.SerializerMethodField()
     ncu_per_node = serializers.SerializerMethodField()
     benchmark_verified = serializers.SerializerMethodField()
@@ -405,19 +422,26 @@ class PoolListView(APIView):
     def get_permissions(self):
         return [IsProvider()] if self.request.method == "POST" else [IsMember()]
 
-    @extend_schema(responses=PoolOutput(many=True))
+    class Filters(serializers.Serializer):
+        hub = serializers.ChoiceField(choices=HUB_CHOICES, required=False, allow_blank=True)
+        compute_class = serializers.ChoiceField(
+            choices=[c.value for c in ComputeClass], required=False, allow_blank=True
+        )
+        software_stack = serializers.ChoiceField(choices=STACK_CHOICES, required=False, allow_blank=True)
+        accelerator_model = serializers.CharField(required=False, allow_blank=True, help_text="A device code")
+        site = serializers.CharField(required=False, allow_blank=True, help_text="A site's identifier")
+
+    @extend_schema(parameters=[Filters], responses=PoolOutput(many=True))
     def get(self, request: Request) -> Response:
-        pools = selectors.pools_visible_to(request.user)
-        params = request.query_params
-        for param, lookup in (
-            ("hub", "site__hub"),
-            ("compute_class", "compute_class"),
-            ("software_stack", "software_stack"),
-            ("accelerator_model", "accelerator_model__code"),
-            ("site", "site__identifier"),
-        ):
-            if params.get(param):
-                pools = pools.filter(**{lookup: params[param]})
+        lookups = {
+            "hub": "site__hub",
+            "compute_class": "compute_class",
+            "software_stack": "software_stack",
+            "accelerator_model": "accelerator_model__code",
+            "site": "site__identifier",
+        }
+        filters = {lookups[name]: value for name, value in query_filters(request, self.Filters).items()}
+        pools = selectors.pools_visible_to(request.user).filter(**filters)
         return Response(PoolOutput(pools, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: PoolOutput})
@@ -530,11 +554,14 @@ class InventoryView(APIView):
 
     permission_classes = [AllowAny]
 
-    @extend_schema(responses={200: inline_serializer("Inventory", {"rows": serializers.ListField()})})
+    class Filters(serializers.Serializer):
+        hub = serializers.ChoiceField(choices=HUB_CHOICES, required=False, allow_blank=True)
+
+    @extend_schema(
+        parameters=[Filters], responses={200: inline_serializer("Inventory", {"rows": serializers.ListField()})}
+    )
     def get(self, request: Request) -> Response:
-        hub = request.query_params.get("hub") or None
-        if hub and hub not in HUBS:
-            raise InvalidInput(f"unknown hub {hub!r}; hubs are {', '.join(HUBS)}", field="hub")
+        hub = query_filters(request, self.Filters).get("hub")
         return Response(selectors.regional_inventory(hub=hub))
 
 

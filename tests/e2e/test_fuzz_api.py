@@ -1,0 +1,239 @@
+"""The API fuzzed against its own OpenAPI schema, on the live service.
+
+The platform runs as real processes (gunicorn, a Celery worker with beat) on
+PostgreSQL and Redis, loaded with the demo market, vouchers and activity.
+Schemathesis reads ``/api/schema/`` from the running server and, for every
+operation, sends the schema's examples, its boundary and negative cases
+(coverage phase), generated requests (fuzzing phase) and chains of calls
+(stateful phase), once per role with that role's real credentials:
+
+- the provider agent API with an agent's ``Authorization: Agent`` token;
+- everything else as a buyer, as a provider and as an operator.
+
+Path parameters and references in bodies are drawn mostly from the ids and
+identifiers of real objects (jobs, leases, statements, programmes …), so the
+requests reach the views' logic instead of stopping at 404.
+
+Every response must pass these checks: no 5xx (``not_a_server_error``); the
+status code, content type, headers and body as documented
+(``status_code_conformance``, ``content_type_conformance``,
+``response_headers_conformance``, ``response_schema_conformance``); input the
+schema forbids is refused (``negative_data_rejection``,
+``missing_required_header``); undocumented methods answer 405
+(``unsupported_method``, ``allow_header_conformance``); authentication is
+enforced where the schema requires it (``ignored_auth``); and resources
+created or deleted behave so (``use_after_free``,
+``ensure_resource_availability``).
+
+``positive_data_acceptance`` is the one check not run: it expects every
+request the schema allows to succeed, but the API refuses schema-valid input
+for rules a JSON schema cannot state, with a 4xx naming the field — a wrong
+password, a credit code's check character, a CPU-only job that names no CPU
+architecture, a window in the past, a voucher application to a closed
+programme.
+
+Generation is deterministic (the same requests on every run, no example
+database), so a failure in CI reproduces locally with the command printed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from rest_framework.authtoken.models import Token
+
+from billing.models import Charge, SettlementStatement
+from core.models import Notice
+from marketplace.models import DeviceModel, Organisation, ResourcePool, Site, User
+from scheduler.execution import agent_create
+from scheduler.models import Agent, Job, Lease, Offer
+from tests.e2e.conftest import BIN, Platform
+from vouchers.models import (
+    ApplicationDocument,
+    OrganisationRelation,
+    RedemptionStatement,
+    Voucher,
+    VoucherApplication,
+    VoucherProgramme,
+)
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.django_db(transaction=True),
+]
+
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "missing_required_header",
+    "unsupported_method",
+    "allow_header_conformance",
+    "ignored_auth",
+    "use_after_free",
+    "ensure_resource_availability",
+]
+MAX_EXAMPLES = 12  # per operation and role in the fuzzing phase; the other phases add their own cases
+REAL_OBJECT_SHARE = 0.85  # how often a path parameter or reference names a real object
+AGENT_API = "^/api/v1/agent/"
+DEMO_PROVIDER = "provider-24"  # its pools run the demo's leases, so its agent has leases to report on
+RUN_DEADLINE = 240  # seconds for one role's run: far above its normal duration, so a hang fails instead of waiting
+
+
+def _ids(queryset) -> list[int]:
+    return sorted(queryset.values_list("pk", flat=True))
+
+
+def _dictionaries(agent_spare: Agent) -> dict[str, list]:
+    """Values of real objects, by kind."""
+    providers = Organisation.objects.filter(category="provider").exclude(identifier__isnull=True)
+    site_identifiers = Site.objects.values_list("identifier", flat=True)
+    identifiers = [
+        *Organisation.objects.exclude(identifier__isnull=True).values_list("identifier", flat=True),
+        *Site.objects.values_list("identifier", flat=True),
+        *ResourcePool.objects.values_list("identifier", flat=True)[:40],
+    ]
+    return {
+        "agents": [agent_spare.pk],
+        "agent_leases": _ids(Lease.objects.filter(pool__site__provider__users__username=DEMO_PROVIDER)),
+        "jobs": _ids(Job.objects.all()),
+        "leases": _ids(Lease.objects.all()),
+        "notices": _ids(Notice.objects.all()) or [1],
+        "offers": _ids(Offer.objects.all()),
+        "relations": _ids(OrganisationRelation.objects.all()) or [1],
+        "organisations": _ids(Organisation.objects.all()),
+        "pools": _ids(ResourcePool.objects.all()),
+        "pool_refs": [str(pk) for pk in _ids(ResourcePool.objects.all())[:20]]
+        + list(ResourcePool.objects.values_list("identifier", flat=True)[:20]),
+        "sites": _ids(Site.objects.all()),
+        "site_refs": [str(pk) for pk in _ids(Site.objects.all())] + list(site_identifiers),
+        "providers": list(providers.values_list("identifier", flat=True)),
+        "identifiers": [i for i in identifiers if i],
+        "statements": _ids(SettlementStatement.objects.all()),
+        "redemption_statements": _ids(RedemptionStatement.objects.all()) or [1],
+        "applications": _ids(VoucherApplication.objects.all()),
+        "documents": _ids(ApplicationDocument.objects.all()) or [1],
+        "programmes": _ids(VoucherProgramme.objects.all()),
+        "vouchers": _ids(Voucher.objects.all()) or [1],
+        "charges": _ids(Charge.objects.all()) or [1],
+        "devices": sorted(DeviceModel.objects.values_list("code", flat=True)),
+    }
+
+
+# (path regex, {parameter: dictionary}) — which real objects each operation's parameters name.
+BINDINGS: list[tuple[str, dict[str, str]]] = [
+    (r"^/api/v1/agent/leases/\{id\}", {"path.id": "agent_leases"}),
+    (r"^/api/v1/agents/\{id\}", {"path.id": "agents"}),
+    (r"^/api/v1/jobs/\{id\}", {"path.id": "jobs"}),
+    (r"^/api/v1/leases/\{id\}", {"path.id": "leases"}),
+    (r"^/api/v1/notices/\{id\}", {"path.id": "notices"}),
+    (r"^/api/v1/offers/\{id\}", {"path.id": "offers"}),
+    (r"^/api/v1/offers$", {"body.pool": "pool_refs"}),
+    (r"^/api/v1/organisation-relations/\{id\}", {"path.id": "relations"}),
+    (r"^/api/v1/organisation-relations$", {"body.organisation": "organisations", "body.other": "organisations"}),
+    (r"^/api/v1/organisations/\{id\}", {"path.id": "organisations"}),
+    (r"^/api/v1/pools/\{id\}", {"path.id": "pools"}),
+    (r"^/api/v1/pools$", {"body.site": "site_refs", "body.cpu_model": "devices", "body.accelerator_model": "devices"}),
+    (r"^/api/v1/sites/\{id\}", {"path.id": "sites"}),
+    (r"^/api/v1/providers/\{identifier\}", {"path.identifier": "providers"}),
+    (r"^/api/v1/resolve/\{identifier\}", {"path.identifier": "identifiers"}),
+    (r"^/api/v1/statements/\{id\}", {"path.id": "statements"}),
+    (r"^/api/v1/redemption-statements/\{id\}", {"path.id": "redemption_statements"}),
+    (r"^/api/v1/voucher-applications/\{id\}", {"path.id": "applications"}),
+    (r"^/api/v1/voucher-applications$", {"body.programme": "programmes"}),
+    (r"^/api/v1/voucher-documents/\{id\}", {"path.id": "documents"}),
+    (r"^/api/v1/voucher-programmes/\{id\}", {"path.id": "programmes"}),
+    (r"^/api/v1/vouchers/\{id\}", {"path.id": "vouchers"}),
+    (r"^/api/v1/charge-refunds$", {"body.charge": "charges"}),
+]
+
+
+def _toml(value: object) -> str:
+    """A TOML value: strings, numbers and flat lists of them (JSON's notation is TOML's for these)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _config(*, api_key: dict[str, str], dictionaries: dict[str, list]) -> str:
+    lines = ["[auth.openapi]"]
+    lines += [f"{scheme} = {{ api_key = {_toml(value)} }}" for scheme, value in api_key.items()]
+    for name, values in dictionaries.items():
+        lines += ["", f"[dictionaries.{name}]", f"values = {_toml(values)}"]
+    for pattern, parameters in BINDINGS:
+        bound = ", ".join(
+            f'{_toml(key)} = {{ dictionary = "{name}", probability = {REAL_OBJECT_SHARE} }}'
+            for key, name in parameters.items()
+        )
+        lines += ["", "[[operations]]", f"include-path-regex = {_toml(pattern)}", f"parameters = {{ {bound} }}"]
+    return "\n".join(lines) + "\n"
+
+
+def _run(platform: Platform, tmp_path: Path, role: str, config: str, selection: Iterable[str]) -> int:
+    config_file = tmp_path / f"schemathesis-{role}.toml"
+    config_file.write_text(config)
+    command = [
+        str(BIN / "schemathesis"),
+        "--config-file",
+        str(config_file),
+        "--no-color",
+        "run",
+        f"{platform.url}/api/schema/",
+        "--checks",
+        ",".join(CHECKS),
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--generation-deterministic",
+        "--workers",
+        "2",
+        "--request-timeout",
+        "30",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(tmp_path / f"junit-{role}.xml"),
+        *selection,
+    ]
+    started = time.monotonic()
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=RUN_DEADLINE, check=False)
+    output = finished.stdout + finished.stderr
+    (tmp_path / f"schemathesis-{role}.log").write_text(output)
+    print(f"----- schemathesis as {role}: exit {finished.returncode} in {time.monotonic() - started:.0f} s -----")
+    print(output[-3000:] if finished.returncode == 0 else output)
+    return finished.returncode
+
+
+@pytest.fixture
+def demo_market() -> None:
+    """The demo market with its vouchers and activity, loaded before the platform starts."""
+    call_command("load_demo_market", verbosity=0)
+    call_command("load_demo_vouchers", verbosity=0)
+    call_command("load_demo_activity", verbosity=0)
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(demo_market, platform: Platform, tmp_path: Path):
+    provider = User.objects.get(username=DEMO_PROVIDER)
+    agent = agent_create(user=provider, name="fuzzed agent")
+    spare = agent_create(user=provider, name="agent whose credential the fuzzer rotates and revokes").agent
+    dictionaries = _dictionaries(spare)
+    tokens = {
+        role: Token.objects.get_or_create(user=User.objects.get(username=username))[0].key
+        for role, username in (("buyer", "buyer-sme"), ("provider", DEMO_PROVIDER), ("operator", "operator"))
+    }
+
+    failed = []
+    # The agent API first, with the agent's own token: the provider's run may rotate agents' credentials.
+    runs = [("agent", {"agentToken": f"Agent {agent.token}"}, ["--include-path-regex", AGENT_API])]
+    runs += [(role, {"tokenAuth": f"Token {key}"}, ["--exclude-path-regex", AGENT_API]) for role, key in tokens.items()]
+    for role, api_key, selection in runs:
+        if _run(platform, tmp_path, role, _config(api_key=api_key, dictionaries=dictionaries), selection) != 0:
+            failed.append(role)
+    assert all(platform.alive(name) for name in platform.processes), "a platform process died under the fuzzer"
+    assert not failed, f"schemathesis found failures as {', '.join(failed)} (its report is printed above)"

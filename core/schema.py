@@ -73,7 +73,13 @@ class AutoSchema(SpectacularAutoSchema):
             self._insert_min_max(field, number)
             meta = {k: v for k, v in schema.items() if k not in ("type", "format", "pattern")}
             string = {k: v for k, v in schema.items() if k in ("type", "format", "pattern")}
-            return {**meta, "oneOf": [string, number]}
+            return {**meta, "anyOf": [string, number]}
+        if direction == "request" and isinstance(field, serializers.BooleanField) and schema.get("type") == "boolean":
+            # DRF also reads 1/0 and words such as "true", "yes", "off" as booleans.
+            words = sorted(v for v in field.TRUE_VALUES | field.FALSE_VALUES if isinstance(v, str))
+            meta = {k: v for k, v in schema.items() if k != "type"}
+            spelled = [{"type": "boolean"}, {"type": "integer", "enum": [0, 1]}, {"type": "string", "enum": words}]
+            return {**meta, "anyOf": spelled}
         return schema
 
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:

@@ -275,6 +275,11 @@ class SiteOutput(serializers.ModelSerializer):
         )
 
 
+# The largest values a site's columns hold (DecimalField(5, 2) and (6, 4)): more was a 500.
+MAX_WUE = Decimal("999.99")
+MAX_GRID_FACTOR = Decimal("99.9999")
+
+
 def _decimal_field(**kwargs: Any) -> serializers.DecimalField:
     return serializers.DecimalField(max_digits=8, decimal_places=4, **kwargs)
 
@@ -290,8 +295,10 @@ class SiteListView(APIView):
         kind = serializers.ChoiceField(choices=[k.value for k in SiteKind])
         pue = _decimal_field(min_value=Decimal("1.0"), max_value=Decimal("3.0"))
         green_share = _decimal_field(min_value=Decimal(0), max_value=Decimal(1))
-        wue = _decimal_field(min_value=Decimal(0), required=False, default=Decimal(0))
-        grid_factor = _decimal_field(min_value=Decimal(0), required=False, allow_null=True, default=None)
+        wue = _decimal_field(min_value=Decimal(0), max_value=MAX_WUE, required=False, default=Decimal(0))
+        grid_factor = _decimal_field(
+            min_value=Decimal(0), max_value=MAX_GRID_FACTOR, required=False, allow_null=True, default=None
+        )
 
     def get_permissions(self):
         return [IsProvider()] if self.request.method == "POST" else [IsMember()]
@@ -319,8 +326,8 @@ class SiteDetailView(APIView):
         name = serializers.CharField(max_length=200, required=False)
         pue = _decimal_field(min_value=Decimal("1.0"), max_value=Decimal("3.0"), required=False)
         green_share = _decimal_field(min_value=Decimal(0), max_value=Decimal(1), required=False)
-        wue = _decimal_field(min_value=Decimal(0), required=False)
-        grid_factor = _decimal_field(min_value=Decimal(0), required=False)
+        wue = _decimal_field(min_value=Decimal(0), max_value=MAX_WUE, required=False)
+        grid_factor = _decimal_field(min_value=Decimal(0), max_value=MAX_GRID_FACTOR, required=False)
 
     def get_permissions(self):
         return [IsProvider()] if self.request.method == "PATCH" else [IsMember()]

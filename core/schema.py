@@ -14,6 +14,7 @@ with ``extend_schema(responses=...)``."""
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.serializers import BaseSerializer
@@ -45,10 +46,8 @@ class ErrorOutput(serializers.Serializer):
     )
 
 
-def error_response(code: int | str) -> Any:
+def error_response(code: int | str) -> OpenApiResponse:
     """An ``extend_schema`` response for an error status views document themselves (402, 422)."""
-    from drf_spectacular.utils import OpenApiResponse
-
     return OpenApiResponse(response=ErrorOutput, description=ERROR_DESCRIPTIONS[str(code)])
 
 

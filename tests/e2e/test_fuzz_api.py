@@ -93,7 +93,7 @@ CHECKS = [
     "use_after_free",
     "ensure_resource_availability",
 ]
-MAX_EXAMPLES = 8  # per operation and role in the fuzzing phase; the other phases add their own cases
+MAX_EXAMPLES = 6  # per operation and role in the fuzzing phase; the other phases add their own cases
 REAL_OBJECT_SHARE = 0.85  # how often a path parameter or reference names a real object
 AGENT_API = "^/api/v1/agent/"
 DEMO_PROVIDER = "provider-24"  # its pools run the demo's leases, so its agent has leases to report on

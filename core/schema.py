@@ -108,6 +108,17 @@ class AutoSchema(SpectacularAutoSchema):
             codes.append("404")
         if self.method in UNSAFE_METHODS:
             codes.append("409")
-        if self.view.get_throttles():
+        if self._throttled():
             codes.append("429")
         return codes
+
+    def _throttled(self) -> bool:
+        """Whether a throttle may refuse this view: a scoped throttle only with a rate for the view's scope."""
+        for throttle in self.view.get_throttles():
+            scope_attr = getattr(throttle, "scope_attr", None)
+            if scope_attr is None:
+                return True
+            scope = getattr(self.view, scope_attr, None)
+            if scope and scope in (getattr(throttle, "THROTTLE_RATES", None) or {}):
+                return True
+        return False

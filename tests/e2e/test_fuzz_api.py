@@ -207,7 +207,7 @@ def _config(*, api_key: dict[str, str], dictionaries: dict[str, list], covered: 
     """The run's configuration: credentials, real objects for parameters, and no coverage phase again
     for the operations ``covered`` by an earlier role's run (its boundary and negative cases do
     not depend on the caller; the fuzzing and stateful phases run for every role)."""
-    lines = ["[auth.openapi]"]
+    lines = ["[cache]", "enabled = false", "", "[auth.openapi]"]  # no state carried from one run to the next
     lines += [f"{scheme} = {{ api_key = {_toml(value)} }}" for scheme, value in api_key.items()]
     for name, values in dictionaries.items():
         lines += ["", f"[dictionaries.{name}]", f"values = {_toml(values)}"]
@@ -251,7 +251,9 @@ def _run(platform: Platform, tmp_path: Path, role: str, config: str, selection: 
         *selection,
     ]
     started = time.monotonic()
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=RUN_DEADLINE, check=False)
+    finished = subprocess.run(  # in the test's directory: schemathesis keeps its files where it runs
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=RUN_DEADLINE, check=False
+    )
     output = finished.stdout + finished.stderr
     (tmp_path / f"schemathesis-{role}.log").write_text(output)
     print(f"----- schemathesis as {role}: exit {finished.returncode} in {time.monotonic() - started:.0f} s -----")

@@ -13,8 +13,13 @@ operation, sends the schema's examples, its boundary and negative cases
   other roles get (403) is the access matrix's business, not this test's.
 
 Path parameters and references in bodies are drawn mostly from the ids and
-identifiers of real objects (jobs, leases, statements, programmes …), so the
-requests reach the views' logic instead of stopping at 404.
+identifiers of real objects the caller can see (jobs, leases, statements,
+programmes …), so the requests reach the views' logic instead of stopping at
+404. The coverage phase (boundary and negative cases, the same whoever
+calls) runs once per operation; the other phases run for every role.
+Usage samples must carry the agent's HMAC signature over their text, which
+generated samples cannot: the fuzzer reaches their validation and the
+signature check, and the agent end-to-end test records real ones.
 
 Every response must pass these checks: no 5xx (``not_a_server_error``); the
 status code, content type, headers and body as documented

@@ -49,7 +49,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.db.models.functions import Round
 from django.utils import timezone
@@ -198,6 +198,8 @@ def post_many(
             break
         except _Refused:  # rolled back: read what stands now to say which account fell short
             raise _short_of_funds(entries) from None
+        except DataError:  # numeric overflow: past the largest balance a MONEY column holds
+            raise InvalidInput("an account cannot hold that much: the amount is too large", field="amount") from None
         except _UnknownAccount as unknown:  # rolled back: create the accounts again, then once more
             if attempt == 2:
                 raise unknown.__cause__ from None

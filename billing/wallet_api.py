@@ -19,8 +19,7 @@ from rest_framework.views import APIView
 from billing import payments
 from billing.domain.ledger import TransactionKind
 from billing.models import Account, AccountKind, LedgerTransaction, PaymentNotice, PaymentNoticeStatus, Posting
-from core.api import paginate
-from core.errors import InvalidInput
+from core.api import MAX_OFFSET, Page, paginate, query_filters, query_whole_number
 from core.permissions import IsBuyer, IsMember, IsOperator, role_of
 
 MAX_PAGE = 200
@@ -135,13 +134,8 @@ class WalletOutput(serializers.Serializer):
 
 
 def _paging(request: Request) -> tuple[int, int]:
-    try:
-        limit = int(request.query_params.get("limit", 50))
-        offset = int(request.query_params.get("offset", 0))
-    except ValueError:
-        raise InvalidInput("limit and offset are whole numbers", field="limit") from None
-    if limit < 1 or offset < 0:
-        raise InvalidInput("limit is at least 1 and offset at least 0", field="limit")
+    limit = query_whole_number(request, "limit", 50, 1)
+    offset = query_whole_number(request, "offset", 0, 0, MAX_OFFSET)
     return min(limit, MAX_PAGE), offset
 
 
@@ -154,8 +148,14 @@ class WalletView(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("limit", int, description=f"History page size (at most {MAX_PAGE}, default 50)"),
-            OpenApiParameter("offset", int, description="History items to skip"),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1},
+                description=f"History page size (at most {MAX_PAGE}, default 50)",
+            ),
+            OpenApiParameter(
+                "offset", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, description="History items to skip"
+            ),
         ],
         responses=WalletOutput,
     )
@@ -207,6 +207,8 @@ class TopUpView(APIView):
     (409). GET: your organisation's notices (operators: everyone's),
     newest first, optionally by ``status``."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     def get_permissions(self) -> list[Any]:
         return [IsBuyer()] if self.request.method == "POST" else [IsMember()]
 
@@ -216,25 +218,17 @@ class TopUpView(APIView):
         )
         reference = serializers.CharField(max_length=200, help_text="The external payment's reference")
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "status", str, enum=list(PaymentNoticeStatus.values), description="Only notices in this state"
-            ),
-            OpenApiParameter("limit", int, description="Page size (at most 500, default 50)"),
-            OpenApiParameter("offset", int, description="Notices to skip"),
-        ],
-        responses=PaymentNoticeOutput(many=True),
-    )
+    class Filters(serializers.Serializer):
+        status = serializers.ChoiceField(
+            choices=PaymentNoticeStatus.choices, required=False, help_text="Only notices in this state"
+        )
+
+    @extend_schema(parameters=[Filters], responses=PaymentNoticeOutput(many=True))
     def get(self, request: Request) -> Response:
         notices = PaymentNotice.objects.order_by("-id")
         if role_of(request.user) != "operator":
             notices = notices.filter(organisation_id=request.user.organisation_id)
-        wanted = request.query_params.get("status")
-        if wanted:
-            if wanted not in PaymentNoticeStatus.values:
-                raise InvalidInput(f"status is one of {', '.join(PaymentNoticeStatus.values)}", field="status")
-            notices = notices.filter(status=wanted)
+        notices = notices.filter(**query_filters(request, self.Filters))
         return paginate(request, notices, PaymentNoticeOutput)
 
     @extend_schema(request=InputSerializer, responses={202: PaymentNoticeOutput, 200: PaymentNoticeOutput})

@@ -4,6 +4,8 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from health_check.views import HealthCheckView
 
+handler404 = "core.api.not_found"
+
 urlpatterns = [
     # One sign-in form for everyone, rate-limited: the operator console's sends there.
     path(

@@ -4,8 +4,9 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
-from rest_framework import exceptions, status
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
+from rest_framework import exceptions, pagination, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -58,16 +59,98 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for a URL no route matches (``/api/v1/jobs/-1``): the API's error format under
+    ``/api/``, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        body = {"code": "not_found", "detail": f"no such resource: {request.path}", "field": None}
+        return JsonResponse(body, status=404)
+    return page_not_found(request, exception)
+
+
+def query_filters(request: Request, serializer_class: type[serializers.Serializer]) -> dict[str, Any]:
+    """A list's filters from the query string, read by ``serializer_class`` (whose fields the
+    view also documents: ``extend_schema(parameters=[serializer_class])``). A value the
+    serializer refuses is a 400 naming the parameter; empty and absent ones filter nothing."""
+    given = {name: value for name, value in request.query_params.dict().items() if value != ""}
+    data = serializer_class(data=given)  # a dict, not the QueryDict: no HTML-form defaults
+    data.is_valid(raise_exception=True)
+    return {name: value for name, value in data.validated_data.items() if value not in (None, "")}
+
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+MAX_OFFSET = 2**31 - 1  # far past any list; PostgreSQL's OFFSET stops at 2**63 - 1
+
+
+def query_whole_number(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
+    """The query parameter ``name`` as a whole number from ``low`` to ``high``; 400 naming it otherwise."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} is a whole number", field=name) from None
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise InvalidInput(f"{name} is {bounds}", field=name)
+    return value
+
+
+class Page(pagination.BasePagination):
+    """The pages ``paginate`` answers, as the schema documents them: ``{"count", "results"}``
+    for ``?limit=`` (1..500, default 50) and ``?offset=`` (from 0). Views that call
+    ``paginate`` set it as their ``pagination_class``."""
+
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        return {
+            "type": "object",
+            "required": ["count", "results"],
+            "properties": {"count": {"type": "integer", "minimum": 0}, "results": schema},
+        }
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict]:
+        return [
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "description": f"How many results (default {DEFAULT_LIMIT})",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+            },
+            {
+                "name": "offset",
+                "in": "query",
+                "required": False,
+                "description": "How many results to skip",
+                "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+            },
+        ]
+
+
+class StrictLimitOffsetPagination(pagination.LimitOffsetPagination):
+    """DRF's limit/offset pages, refusing a limit or offset that is not a whole number in
+    range (400 naming it) instead of silently ignoring it."""
+
+    default_limit = DEFAULT_LIMIT
+    max_limit = MAX_LIMIT
+
+    def get_limit(self, request: Request) -> int:
+        return query_whole_number(request, self.limit_query_param, self.default_limit, 1, self.max_limit)
+
+    def get_offset(self, request: Request) -> int:
+        return query_whole_number(request, self.offset_query_param, 0, 0, MAX_OFFSET)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict]:
+        return Page().get_schema_operation_parameters(view)
+
+
 def paginate(request: Request, queryset: Any, serializer_class: Any, context: dict | None = None) -> Response:
     """Limit/offset pagination for views that are not generic: ``{"count", "results"}``
-    (``?limit=`` 1..500, default 50; ``?offset=``)."""
-    try:
-        limit = min(int(request.query_params.get("limit", 50)), 500)
-        offset = max(int(request.query_params.get("offset", 0)), 0)
-    except ValueError:
-        raise InvalidInput("limit and offset are whole numbers", field="limit") from None
-    if limit < 1:
-        raise InvalidInput("limit is at least 1", field="limit")
+    (``?limit=`` 1..500, default 50; ``?offset=``). A limit or offset out of range is a 400."""
+    limit = query_whole_number(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = query_whole_number(request, "offset", 0, 0, MAX_OFFSET)
     total = queryset.count()
     items = queryset[offset : offset + limit]
     return Response({"count": total, "results": serializer_class(items, many=True, context=context or {}).data})

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import query_filters
 from core.models import Notice
 from core.permissions import IsMember
 from core.trace import JobTrace, job_trace
@@ -27,10 +28,13 @@ class NoticeListView(APIView):
 
     permission_classes = [IsMember]
 
-    @extend_schema(responses=NoticeOutput(many=True))
+    class Filters(serializers.Serializer):
+        unread = serializers.BooleanField(required=False, allow_null=True, default=None, help_text="Unread only")
+
+    @extend_schema(parameters=[Filters], responses=NoticeOutput(many=True))
     def get(self, request: Request) -> Response:
         notices = Notice.objects.filter(organisation_id=request.user.organisation_id)
-        if request.query_params.get("unread") in {"1", "true"}:
+        if query_filters(request, self.Filters).get("unread"):
             notices = notices.filter(read_at__isnull=True)
         return Response(NoticeOutput(notices[:200], many=True).data)
 

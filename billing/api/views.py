@@ -8,7 +8,7 @@ from decimal import Decimal
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
@@ -17,8 +17,7 @@ from rest_framework.views import APIView
 
 from billing import exports, settlement
 from billing.models import SettlementPeriod, SettlementStatement, StatementLine, StatementRole, StatementStatus
-from core.api import paginate
-from core.errors import InvalidInput
+from core.api import Page, paginate, query_filters
 from core.models import AuditEntry
 from core.permissions import IsMember, IsOperator
 
@@ -107,27 +106,24 @@ class StatementListView(APIView):
     """Settlement statements: providers and buyers see their own
     organisation's, operators all. Filter by status, role or period."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     permission_classes = [IsMember]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("status", str, enum=StatementStatus.values),
-            OpenApiParameter("role", str, enum=StatementRole.values),
-            OpenApiParameter("period", int, description="a settlement period's id"),
-        ],
-        responses=StatementOutput(many=True),
-    )
+    class Filters(serializers.Serializer):
+        status = serializers.ChoiceField(choices=StatementStatus.choices, required=False, allow_blank=True)
+        role = serializers.ChoiceField(choices=StatementRole.choices, required=False, allow_blank=True)
+        period = serializers.IntegerField(
+            required=False, allow_null=True, min_value=1, max_value=2**31 - 1, help_text="a settlement period's id"
+        )
+
+    @extend_schema(parameters=[Filters], responses=StatementOutput(many=True))
     def get(self, request: Request) -> Response:
+        filters = query_filters(request, self.Filters)
+        if "period" in filters:
+            filters["period_id"] = filters.pop("period")
         statements = settlement.statements_visible_to(request.user).order_by("-period__start", "id")
-        for param in ("status", "role"):
-            if request.query_params.get(param):
-                statements = statements.filter(**{param: request.query_params[param]})
-        period = request.query_params.get("period")
-        if period:
-            if not period.isdigit():
-                raise InvalidInput("period is a settlement period's id", field="period")
-            statements = statements.filter(period_id=int(period))
-        return paginate(request, statements, StatementOutput)
+        return paginate(request, statements.filter(**filters), StatementOutput)
 
 
 class StatementDetailView(APIView):

@@ -18,12 +18,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import StrictLimitOffsetPagination, query_filters
 from core.errors import InvalidInput
 from core.permissions import IsMember, IsOperator, IsProvider
 from marketplace import selectors, services
 from marketplace.domain.geography import CITIES, HUBS
 from marketplace.domain.identifiers import IdentifierError
 from marketplace.domain.units import (
+    ComputeClass,
+    DeviceKind,
     SiteKind,
     node_ncu,
     quantise_units,
@@ -32,6 +35,7 @@ from marketplace.domain.units import (
 from marketplace.models import (
     CITY_CHOICES,
     HUB_CHOICES,
+    STACK_CHOICES,
     Category,
     DeviceModel,
     Organisation,
@@ -148,6 +152,7 @@ class OrganisationListView(ListAPIView):
 
     permission_classes = [IsMember]
     serializer_class = OrganisationOutput
+    pagination_class = StrictLimitOffsetPagination
     filterset_fields = ("category", "verification_status")
 
     def get_queryset(self):
@@ -230,9 +235,21 @@ class DeviceListView(ListAPIView):
 
     permission_classes = [AllowAny]
     serializer_class = DeviceOutput
-    queryset = DeviceModel.objects.all()
-    filterset_fields = ("kind", "vendor", "domestic", "software_stack")
     pagination_class = None
+    filter_backends: list = []
+
+    class Filters(serializers.Serializer):
+        kind = serializers.ChoiceField(choices=[k.value for k in DeviceKind], required=False, allow_blank=True)
+        vendor = serializers.CharField(required=False, allow_blank=True, max_length=64)
+        domestic = serializers.BooleanField(required=False, allow_null=True, default=None)
+        software_stack = serializers.ChoiceField(choices=STACK_CHOICES, required=False, allow_blank=True)
+
+    def get_queryset(self):
+        return DeviceModel.objects.filter(**query_filters(self.request, self.Filters))
+
+    @extend_schema(parameters=[Filters])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
 
 class SiteOutput(serializers.ModelSerializer):
@@ -260,6 +277,11 @@ class SiteOutput(serializers.ModelSerializer):
         )
 
 
+# The largest values a site's columns hold (DecimalField(5, 2) and (6, 4)): more was a 500.
+MAX_WUE = Decimal("999.99")
+MAX_GRID_FACTOR = Decimal("99.9999")
+
+
 def _decimal_field(**kwargs: Any) -> serializers.DecimalField:
     return serializers.DecimalField(max_digits=8, decimal_places=4, **kwargs)
 
@@ -275,18 +297,20 @@ class SiteListView(APIView):
         kind = serializers.ChoiceField(choices=[k.value for k in SiteKind])
         pue = _decimal_field(min_value=Decimal("1.0"), max_value=Decimal("3.0"))
         green_share = _decimal_field(min_value=Decimal(0), max_value=Decimal(1))
-        wue = _decimal_field(min_value=Decimal(0), required=False, default=Decimal(0))
-        grid_factor = _decimal_field(min_value=Decimal(0), required=False, allow_null=True, default=None)
+        wue = _decimal_field(min_value=Decimal(0), max_value=MAX_WUE, required=False, default=Decimal(0))
+        grid_factor = _decimal_field(
+            min_value=Decimal(0), max_value=MAX_GRID_FACTOR, required=False, allow_null=True, default=None
+        )
 
     def get_permissions(self):
         return [IsProvider()] if self.request.method == "POST" else [IsMember()]
 
-    @extend_schema(responses=SiteOutput(many=True))
+    class Filters(serializers.Serializer):
+        hub = serializers.ChoiceField(choices=HUB_CHOICES, required=False, allow_blank=True)
+
+    @extend_schema(parameters=[Filters], responses=SiteOutput(many=True))
     def get(self, request: Request) -> Response:
-        sites = selectors.sites_visible_to(request.user)
-        hub = request.query_params.get("hub")
-        if hub:
-            sites = sites.filter(hub=hub)
+        sites = selectors.sites_visible_to(request.user).filter(**query_filters(request, self.Filters))
         return Response(SiteOutput(sites, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: SiteOutput})
@@ -304,8 +328,8 @@ class SiteDetailView(APIView):
         name = serializers.CharField(max_length=200, required=False)
         pue = _decimal_field(min_value=Decimal("1.0"), max_value=Decimal("3.0"), required=False)
         green_share = _decimal_field(min_value=Decimal(0), max_value=Decimal(1), required=False)
-        wue = _decimal_field(min_value=Decimal(0), required=False)
-        grid_factor = _decimal_field(min_value=Decimal(0), required=False)
+        wue = _decimal_field(min_value=Decimal(0), max_value=MAX_WUE, required=False)
+        grid_factor = _decimal_field(min_value=Decimal(0), max_value=MAX_GRID_FACTOR, required=False)
 
     def get_permissions(self):
         return [IsProvider()] if self.request.method == "PATCH" else [IsMember()]
@@ -329,7 +353,7 @@ class PoolOutput(serializers.ModelSerializer):
     city = serializers.CharField(source="site.city", read_only=True)
     provider = serializers.CharField(source="site.provider.name", read_only=True)
     cpu_model = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    accelerator_model = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    accelerator_model = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
     unit_precision = serializers.SerializerMethodField()
     ncu_per_node = serializers.SerializerMethodField()
     benchmark_verified = serializers.SerializerMethodField()
@@ -407,19 +431,26 @@ class PoolListView(APIView):
     def get_permissions(self):
         return [IsProvider()] if self.request.method == "POST" else [IsMember()]
 
-    @extend_schema(responses=PoolOutput(many=True))
+    class Filters(serializers.Serializer):
+        hub = serializers.ChoiceField(choices=HUB_CHOICES, required=False, allow_blank=True)
+        compute_class = serializers.ChoiceField(
+            choices=[c.value for c in ComputeClass], required=False, allow_blank=True
+        )
+        software_stack = serializers.ChoiceField(choices=STACK_CHOICES, required=False, allow_blank=True)
+        accelerator_model = serializers.CharField(required=False, allow_blank=True, help_text="A device code")
+        site = serializers.CharField(required=False, allow_blank=True, help_text="A site's identifier")
+
+    @extend_schema(parameters=[Filters], responses=PoolOutput(many=True))
     def get(self, request: Request) -> Response:
-        pools = selectors.pools_visible_to(request.user)
-        params = request.query_params
-        for param, lookup in (
-            ("hub", "site__hub"),
-            ("compute_class", "compute_class"),
-            ("software_stack", "software_stack"),
-            ("accelerator_model", "accelerator_model__code"),
-            ("site", "site__identifier"),
-        ):
-            if params.get(param):
-                pools = pools.filter(**{lookup: params[param]})
+        lookups = {
+            "hub": "site__hub",
+            "compute_class": "compute_class",
+            "software_stack": "software_stack",
+            "accelerator_model": "accelerator_model__code",
+            "site": "site__identifier",
+        }
+        filters = {lookups[name]: value for name, value in query_filters(request, self.Filters).items()}
+        pools = selectors.pools_visible_to(request.user).filter(**filters)
         return Response(PoolOutput(pools, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: PoolOutput})
@@ -532,11 +563,14 @@ class InventoryView(APIView):
 
     permission_classes = [AllowAny]
 
-    @extend_schema(responses={200: inline_serializer("Inventory", {"rows": serializers.ListField()})})
+    class Filters(serializers.Serializer):
+        hub = serializers.ChoiceField(choices=HUB_CHOICES, required=False, allow_blank=True)
+
+    @extend_schema(
+        parameters=[Filters], responses={200: inline_serializer("Inventory", {"rows": serializers.ListField()})}
+    )
     def get(self, request: Request) -> Response:
-        hub = request.query_params.get("hub") or None
-        if hub and hub not in HUBS:
-            raise InvalidInput(f"unknown hub {hub!r}; hubs are {', '.join(HUBS)}", field="hub")
+        hub = query_filters(request, self.Filters).get("hub")
         return Response(selectors.regional_inventory(hub=hub))
 
 

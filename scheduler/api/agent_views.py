@@ -99,7 +99,7 @@ class AgentLeaseOutput(serializers.ModelSerializer):
 class AgentLeaseListView(AgentView):
     """Agent: the provider's leases to run (scheduled, running or suspended)."""
 
-    @extend_schema(responses=AgentLeaseOutput(many=True))
+    @extend_schema(responses=inline_serializer("AgentLeaseList", {"results": AgentLeaseOutput(many=True)}))
     def get(self, request: Request) -> Response:
         return Response({"results": AgentLeaseOutput(execution.agent_leases(request.user), many=True).data})
 
@@ -147,6 +147,11 @@ class AgentProgressView(AgentView):
         return Response(_lease_body(lease))
 
 
+UsageOutput = inline_serializer(
+    "UsageOutput", {"id": serializers.IntegerField(), "duplicate": serializers.BooleanField()}
+)
+
+
 class AgentUsageView(AgentView):
     """Agent: a signed usage sample. 201 when recorded, 200 for a sequence already recorded."""
 
@@ -168,14 +173,7 @@ class AgentUsageView(AgentView):
             max_digits=14, decimal_places=3, min_value=Decimal(0), required=False, allow_null=True
         )
 
-    @extend_schema(
-        request=InputSerializer,
-        responses={
-            201: inline_serializer(
-                "UsageOutput", {"id": serializers.IntegerField(), "duplicate": serializers.BooleanField()}
-            )
-        },
-    )
+    @extend_schema(request=InputSerializer, responses={201: UsageOutput, 200: UsageOutput})
     def post(self, request: Request, pk: int) -> Response:
         raw = self.InputSerializer(data=request.data)
         raw.is_valid(raise_exception=True)

@@ -14,12 +14,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import paginate
+from core.api import Page, paginate, query_filters
 from core.errors import InvalidInput
 from core.permissions import IsBuyer, IsMember, IsProvider
+from core.schema import error_response
 from marketplace.models import CITY_CHOICES, HUB_CHOICES, STACK_CHOICES, ResourcePool
 from scheduler import selectors, services
-from scheduler.models import Job, Lease, Objective, Offer, Precision, PricingType
+from scheduler.models import Job, JobStatus, Lease, LeaseStatus, Objective, Offer, Precision, PricingType
 
 # --- offers ----------------------------------------------------------------------------------------------------------
 
@@ -63,6 +64,8 @@ class OfferListView(APIView):
     provider; filter by hub, stack, pricing_type. POST (provider): list nodes of
     one of your pools at a price per NCU-hour."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     class InputSerializer(serializers.Serializer):
         pool = serializers.CharField(help_text="The pool's identifier or id")
         nodes_offered = serializers.IntegerField(min_value=1)
@@ -83,18 +86,22 @@ class OfferListView(APIView):
     def get_permissions(self):
         return [IsProvider()] if self.request.method == "POST" else [IsMember()]
 
-    @extend_schema(responses=OfferOutput(many=True))
+    class Filters(serializers.Serializer):
+        hub = serializers.ChoiceField(choices=HUB_CHOICES, required=False, allow_blank=True)
+        software_stack = serializers.ChoiceField(choices=STACK_CHOICES, required=False, allow_blank=True)
+        pricing_type = serializers.ChoiceField(choices=PricingType.choices, required=False, allow_blank=True)
+        pool = serializers.CharField(required=False, allow_blank=True, help_text="A pool's identifier")
+
+    @extend_schema(parameters=[Filters], responses=OfferOutput(many=True))
     def get(self, request: Request) -> Response:
-        offers = selectors.offers_visible_to(request.user)
-        for param, lookup in (
-            ("hub", "pool__site__hub"),
-            ("software_stack", "pool__software_stack"),
-            ("pricing_type", "pricing_type"),
-            ("pool", "pool__identifier"),
-        ):
-            if request.query_params.get(param):
-                offers = offers.filter(**{lookup: request.query_params[param]})
-        return paginate(request, offers, OfferOutput)
+        lookups = {
+            "hub": "pool__site__hub",
+            "software_stack": "pool__software_stack",
+            "pricing_type": "pricing_type",
+            "pool": "pool__identifier",
+        }
+        filters = {lookups[name]: value for name, value in query_filters(request, self.Filters).items()}
+        return paginate(request, selectors.offers_visible_to(request.user).filter(**filters), OfferOutput)
 
     @extend_schema(request=InputSerializer, responses={201: OfferOutput})
     def post(self, request: Request) -> Response:
@@ -287,17 +294,20 @@ class JobListView(APIView):
     POST (buyer): submit a job; refused at once (422) with the reason if no
     pool of the market could ever run it."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     def get_permissions(self):
         return [IsBuyer()] if self.request.method == "POST" else [IsMember()]
 
-    @extend_schema(responses=JobOutput(many=True))
+    class Filters(serializers.Serializer):
+        status = serializers.ChoiceField(choices=JobStatus.choices, required=False, allow_blank=True)
+
+    @extend_schema(parameters=[Filters], responses=JobOutput(many=True))
     def get(self, request: Request) -> Response:
         jobs = selectors.jobs_visible_to(request.user).prefetch_related("leases__pool").order_by("-id")
-        if request.query_params.get("status"):
-            jobs = jobs.filter(status=request.query_params["status"])
-        return paginate(request, jobs, JobOutput)
+        return paginate(request, jobs.filter(**query_filters(request, self.Filters)), JobOutput)
 
-    @extend_schema(request=JobInput, responses={201: JobOutput})
+    @extend_schema(request=JobInput, responses={201: JobOutput, 422: error_response(422)})
     def post(self, request: Request) -> Response:
         data = JobInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -340,14 +350,17 @@ class JobCancelView(APIView):
 class LeaseListView(APIView):
     """Leases: a buyer's jobs', a provider's pools', or all for operators."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     permission_classes = [IsMember]
 
-    @extend_schema(responses=LeaseOutput(many=True))
+    class Filters(serializers.Serializer):
+        status = serializers.ChoiceField(choices=LeaseStatus.choices, required=False, allow_blank=True)
+
+    @extend_schema(parameters=[Filters], responses=LeaseOutput(many=True))
     def get(self, request: Request) -> Response:
         leases = selectors.leases_visible_to(request.user).order_by("-id")
-        if request.query_params.get("status"):
-            leases = leases.filter(status=request.query_params["status"])
-        return paginate(request, leases, LeaseOutput)
+        return paginate(request, leases.filter(**query_filters(request, self.Filters)), LeaseOutput)
 
 
 class QuoteView(APIView):

@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.models import Charge
-from core.api import paginate
+from core.api import Page, paginate, query_filters
 from core.errors import InvalidInput
 from core.permissions import IsBuyer, IsMember, IsOperator
 from marketplace.domain.geography import CITIES
@@ -35,14 +35,22 @@ from vouchers.domain import subsidy
 from vouchers.models import (
     ApplicantFlag,
     ApplicationDocument,
+    ApplicationStatus,
     ClawbackRule,
     JobVoucherChoice,
     OrganisationRelation,
+    ProgrammeStatus,
     RedemptionStatement,
+    RedemptionStatus,
     RelationKind,
     Voucher,
     VoucherApplication,
     VoucherProgramme,
+    VoucherStatus,
+)
+
+PROGRAMME_FILTER = serializers.IntegerField(
+    required=False, allow_null=True, min_value=1, max_value=2**31 - 1, help_text="A voucher programme's id"
 )
 
 MONEY = {"max_digits": 18, "decimal_places": 2}
@@ -141,6 +149,8 @@ class ProgrammeListView(APIView):
     (filter by ``status``). POST (operators): create a programme from its
     rules and deposit its first budget (bank clearing → the programme's budget)."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         authority = serializers.CharField(max_length=200)
@@ -206,11 +216,17 @@ class ProgrammeListView(APIView):
     def get_permissions(self):
         return [IsOperator()] if self.request.method == "POST" else [AllowAny()]
 
-    @extend_schema(responses=ProgrammeOutput(many=True))
+    class Filters(serializers.Serializer):
+        status = serializers.ChoiceField(
+            choices=ProgrammeStatus.choices, required=False, allow_blank=True, help_text="Operators only"
+        )
+
+    @extend_schema(parameters=[Filters], responses=ProgrammeOutput(many=True))
     def get(self, request: Request) -> Response:
         programmes = selectors.programmes_visible_to(request.user)
-        if _is_operator(request) and request.query_params.get("status"):
-            programmes = programmes.filter(status=request.query_params["status"])
+        filters = query_filters(request, self.Filters)
+        if _is_operator(request):
+            programmes = programmes.filter(**filters)
         budgets = selectors.budgets_available(programmes.values_list("pk", flat=True))
         return paginate(request, programmes, ProgrammeOutput, context={"budgets": budgets})
 
@@ -440,6 +456,8 @@ class ApplicationListView(APIView):
     application: a hard failure rejects it with the reasons, otherwise it
     waits for an operator's review."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     permission_classes = [IsMember]
 
     class InputSerializer(serializers.Serializer):
@@ -453,13 +471,14 @@ class ApplicationListView(APIView):
             help_text="Applicant kinds you claim, e.g. start-up; the reviewer confirms them",
         )
 
-    @extend_schema(responses=ApplicationOutput(many=True))
+    class Filters(serializers.Serializer):
+        status = serializers.ChoiceField(choices=ApplicationStatus.choices, required=False, allow_blank=True)
+        programme = PROGRAMME_FILTER
+
+    @extend_schema(parameters=[Filters], responses=ApplicationOutput(many=True))
     def get(self, request: Request) -> Response:
         applications = selectors.applications_visible_to(request.user).select_related("voucher").order_by("-id")
-        for param in ("status", "programme"):
-            if request.query_params.get(param):
-                applications = applications.filter(**{param: request.query_params[param]})
-        return paginate(request, applications, ApplicationOutput)
+        return paginate(request, applications.filter(**query_filters(request, self.Filters)), ApplicationOutput)
 
     def get_permissions(self):
         if self.request.method == "POST":
@@ -472,7 +491,9 @@ class ApplicationListView(APIView):
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         # Any programme: one that is closed is refused by the checks, with the reason.
-        programme = get_object_or_404(VoucherProgramme, pk=values.pop("programme"))
+        programme = VoucherProgramme.objects.filter(pk=values.pop("programme")).first()
+        if programme is None:
+            raise InvalidInput("no such voucher programme", field="programme")
         application = services.application_submit(user=request.user, programme=programme, **values)
         return Response(ApplicationOutput(application).data, status=status.HTTP_201_CREATED)
 
@@ -626,15 +647,18 @@ class VoucherListView(APIView):
     """Members: your organisation's vouchers with balances and expiry
     (``?status=active``); operators see all (``?programme=``)."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     permission_classes = [IsMember]
 
-    @extend_schema(responses=VoucherOutput(many=True))
+    class Filters(serializers.Serializer):
+        status = serializers.ChoiceField(choices=VoucherStatus.choices, required=False, allow_blank=True)
+        programme = PROGRAMME_FILTER
+
+    @extend_schema(parameters=[Filters], responses=VoucherOutput(many=True))
     def get(self, request: Request) -> Response:
         vouchers = selectors.vouchers_visible_to(request.user).order_by("expires_at", "id")
-        for param in ("status", "programme"):
-            if request.query_params.get(param):
-                vouchers = vouchers.filter(**{param: request.query_params[param]})
-        return paginate(request, vouchers, VoucherOutput)
+        return paginate(request, vouchers.filter(**query_filters(request, self.Filters)), VoucherOutput)
 
 
 class VoucherDetailView(APIView):
@@ -793,14 +817,17 @@ class StatementListView(APIView):
     """Operators: redemption statements (兑付), newest period first; filter
     by ``programme`` and ``status`` (``pending_review`` for the review queue)."""
 
+    pagination_class = Page  # documents paginate()'s pages
+
     permission_classes = [IsOperator]
 
-    @extend_schema(responses=StatementOutput(many=True))
+    class Filters(serializers.Serializer):
+        status = serializers.ChoiceField(choices=RedemptionStatus.choices, required=False, allow_blank=True)
+        programme = PROGRAMME_FILTER
+
+    @extend_schema(parameters=[Filters], responses=StatementOutput(many=True))
     def get(self, request: Request) -> Response:
-        found = selectors.statements_for_operators()
-        for param in ("status", "programme"):
-            if request.query_params.get(param):
-                found = found.filter(**{param: request.query_params[param]})
+        found = selectors.statements_for_operators().filter(**query_filters(request, self.Filters))
         return paginate(request, found, StatementOutput)
 
 
@@ -973,6 +1000,8 @@ class RelationListView(APIView):
     the other (nor between two organisations related to a common third).
     GET (members): relations of your organisation; operators see all. POST
     (members): declare a relation of your own organisation; operators any."""
+
+    pagination_class = Page  # documents paginate()'s pages
 
     permission_classes = [IsMember]
 

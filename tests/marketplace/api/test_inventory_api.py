@@ -71,6 +71,14 @@ def test_pue_below_one_is_refused(provider):
     assert response.data["field"] == "pue"
 
 
+@pytest.mark.parametrize("field, value", [("grid_factor", "6757"), ("wue", "1000")])
+def test_a_site_figure_too_large_to_store_is_refused(provider, field, value):
+    site = factories.site(provider)
+    response = client_for(provider).patch(f"/api/v1/sites/{site.pk}", {field: value}, format="json")
+    assert response.status_code == 400
+    assert response.data["field"] == field
+
+
 def test_accelerator_count_without_model_is_refused(provider):
     site = factories.site(provider)
     body = {

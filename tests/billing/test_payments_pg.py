@@ -8,7 +8,7 @@ import pytest
 
 from billing import payments
 from billing.models import Account, LedgerTransaction, PaymentNotice
-from core.errors import IllegalTransition
+from core.errors import IllegalTransition, InvalidInput
 from tests import factories
 from tests.concurrency import run_together
 
@@ -53,3 +53,21 @@ def test_a_confirmation_racing_a_rejection_ends_one_way_only():
     assert set(outcomes) == {final, "refused"}
     credited = Account.objects.filter(organisation=buyer.organisation, kind="available").first()
     assert (credited.balance if credited else Decimal(0)) == (Decimal("10.00") if final == "confirmed" else 0)
+
+
+def test_a_payment_past_what_a_wallet_can_hold_is_refused_naming_the_amount_and_moves_nothing():
+    buyer = factories.buyer(funds=Decimal(0))
+    operator = factories.operator()
+    most = Decimal("9999999999999999.99")  # the largest balance a money column holds
+    first, _ = payments.payment_notice_submit(organisation=buyer.organisation, amount=most, reference="A", user=buyer)
+    payments.payment_notice_confirm(notice=first, actor=operator)
+    more, _ = payments.payment_notice_submit(
+        organisation=buyer.organisation, amount=Decimal("1.00"), reference="B", user=buyer
+    )
+
+    with pytest.raises(InvalidInput) as refused:
+        payments.payment_notice_confirm(notice=more, actor=operator)
+
+    assert refused.value.field == "amount" and "too large" in refused.value.detail
+    assert PaymentNotice.objects.get(pk=more.pk).status == "pending"
+    assert Account.objects.get(organisation=buyer.organisation, kind="available").balance == most

@@ -114,9 +114,18 @@ class PaymentNoticeAdmin(OperatorAdmin):
     """Buyers' notices of money paid in: confirm those found on the bank statement (the wallet is credited once),
     reject the others with a reason."""
 
-    list_display = ("reference", "organisation", "amount", "status", "created_at", "reviewed_by", "transaction")
+    list_display = (
+        "reference",
+        "organisation",
+        "amount",
+        "status",
+        "same_reference",
+        "created_at",
+        "reviewed_by",
+        "transaction",
+    )
     list_filter = ("status",)
-    search_fields = ("reference", "organisation__name")
+    search_fields = ("reference", "reference_key", "organisation__name")
     list_select_related = ("organisation", "reviewed_by", "transaction")
     readonly_fields = readonly_fields_of(PaymentNotice)
     actions = (
@@ -136,6 +145,13 @@ class PaymentNoticeAdmin(OperatorAdmin):
             verb="rejected",
         ),
     )
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).annotate(same_reference=payments.same_reference_elsewhere())
+
+    @admin.display(description="same transfer cited elsewhere")
+    def same_reference(self, obj: PaymentNotice) -> int:
+        return obj.same_reference
 
 
 @admin.register(SettlementPeriod)

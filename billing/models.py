@@ -314,6 +314,9 @@ class PaymentNotice(models.Model):
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="payment_notices")
     amount = models.DecimalField(**MONEY)
     reference = models.CharField(max_length=200)
+    reference_key = models.CharField(
+        max_length=200, db_index=True, help_text="The reference without case, spaces or separators (one per transfer)"
+    )
     status = models.CharField(max_length=16, choices=PaymentNoticeStatus.choices, default=PaymentNoticeStatus.PENDING)
     submitted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -331,7 +334,7 @@ class PaymentNotice(models.Model):
     class Meta:
         ordering = ("-id",)
         constraints = [
-            models.UniqueConstraint(fields=("organisation", "reference"), name="payment_notice_once_per_reference"),
+            models.UniqueConstraint(fields=("organisation", "reference_key"), name="payment_notice_once_per_reference"),
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_notice_amount_positive"),
             models.CheckConstraint(
                 condition=Q(status="confirmed", transaction__isnull=False) | ~Q(status="confirmed"),

@@ -8,11 +8,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from billing.domain.money import to_fen
+from billing.domain.references import reference_key
 from billing.models import PaymentNotice, PaymentNoticeStatus
-from billing.services import wallet_top_up
+from billing.services import payment_checked, wallet_top_up
 from core.audit import audit_record
 from core.errors import Conflict, IllegalTransition, InvalidInput
 from core.notices import notify
@@ -25,25 +27,32 @@ TRANSITIONS: dict[str, set[str]] = {
 }
 
 
-def _checked(amount: Decimal, reference: str) -> tuple[Decimal, str]:
-    if amount <= 0 or to_fen(amount) != amount:
-        raise InvalidInput("a top-up is a positive amount in whole fen", field="amount")
-    reference = reference.strip()
-    if not reference:
-        raise InvalidInput("give the payment's reference", field="reference")
-    return amount, reference
+def same_reference_elsewhere() -> Coalesce:
+    """For annotating notices: how many other notices (any organisation) cite the same transfer."""
+    others = (
+        PaymentNotice.objects.filter(reference_key=OuterRef("reference_key"))
+        .exclude(pk=OuterRef("pk"))
+        .order_by()
+        .values("reference_key")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Coalesce(Subquery(others, output_field=IntegerField()), 0)
 
 
 def payment_notice_submit(
     *, organisation: Organisation, amount: Decimal, reference: str, user: User | None
 ) -> tuple[PaymentNotice, bool]:
     """Record a notice of money paid in, pending an operator's check. The same
-    reference again is a retry and returns the first notice (``created`` is
-    false); with another amount it is refused (409)."""
-    amount, reference = _checked(amount, reference)
+    reference again (however spelt: case, spaces and separators aside) is a
+    retry and returns the first notice (``created`` is false); with another
+    amount it is refused (409)."""
+    amount, reference = payment_checked(amount, reference)
     with transaction.atomic():
         notice, created = PaymentNotice.objects.get_or_create(
-            organisation=organisation, reference=reference, defaults={"amount": amount, "submitted_by": user}
+            organisation=organisation,
+            reference_key=reference_key(reference),
+            defaults={"amount": amount, "reference": reference, "submitted_by": user},
         )
         if not created and notice.amount != amount:
             raise Conflict(

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from billing.domain import ledger, pricing
 from billing.domain.money import to_fen
+from billing.domain.references import reference_key
 from billing.models import (
     Account,
     AccountKind,
@@ -52,16 +53,22 @@ def balance(code: str) -> Decimal:
 # --- wallet ----------------------------------------------------------------------------------------------------------
 
 
+def payment_checked(amount: Decimal, reference: str) -> tuple[Decimal, str]:
+    """A payment's amount (positive, whole fen) and reference (stripped, not empty); 400 naming the field otherwise."""
+    if amount <= 0 or to_fen(amount) != amount:
+        raise InvalidInput("a top-up is a positive amount in whole fen", field="amount")
+    reference = reference.strip()
+    if not reference_key(reference):
+        raise InvalidInput("give the payment's reference", field="reference")
+    return amount, reference
+
+
 def wallet_top_up(
     *, organisation: Organisation, amount: Decimal, reference: str, actor: User | None
 ) -> LedgerTransaction:
     """Record money paid in (an external payment reference; no gateway). What
     the buyer owes from earlier usage is repaid first, out of the new money."""
-    if amount <= 0 or to_fen(amount) != amount:
-        raise InvalidInput("a top-up is a positive amount in whole fen", field="amount")
-    reference = reference.strip()
-    if not reference:
-        raise InvalidInput("give the payment's reference", field="reference")
+    amount, reference = payment_checked(amount, reference)
     available = account_code(organisation.pk, AccountKind.BUYER_AVAILABLE)
     with transaction.atomic():
         row, created = post(
@@ -404,7 +411,7 @@ class _Pending:
 def charge_samples(*, sample_ids: list[int], commission_rates: dict[int, Decimal]) -> dict[int, ChargeOutcome]:
     """Charge many usage samples in one database transaction: each exactly
     once, with the prices, funding and outcome ``charge_sample`` gives them
-    one after another in id order, and their ledger transactions written by
+    one after another in id order (vouchers aside, below), and their ledger transactions written by
     one ``post_many``. ``commission_rates`` maps each lease's offer id to its
     commission rate. Samples already charged are left out of the result.
 
@@ -413,8 +420,10 @@ def charge_samples(*, sample_ids: list[int], commission_rates: dict[int, Decimal
     and each buyer's month-to-date are read once and carried forward as
     running totals through the batch; the holds are locked, and the
     available accounts of the buyers whose holds fall short, in one order.
-    Samples of jobs that pay with vouchers go through ``charge_sample``
-    after the others (their vouchers decide per charge)."""
+    Samples of jobs that pay with vouchers are left uncharged, for the caller
+    to charge each with ``charge_sample`` in its own transaction: their
+    vouchers decide per charge, and the voucher and programme accounts they
+    lock would fall outside the batch's one lock order."""
     from scheduler.models import Lease
     from vouchers.models import JobVoucherChoice
 
@@ -436,16 +445,9 @@ def charge_samples(*, sample_ids: list[int], commission_rates: dict[int, Decimal
                 job_id__in={lease.job_id for lease in leases.values()}, enabled=True
             ).values_list("job_id", flat=True)
         )
-        outcomes = _charge_together(
+        return _charge_together(
             [s for s in samples if leases[s.lease_id].job_id not in with_vouchers], leases, commission_rates
         )
-        for sample in samples:
-            lease = leases[sample.lease_id]
-            if lease.job_id in with_vouchers:
-                outcomes[sample.pk] = charge_sample(
-                    sample_id=sample.pk, commission_rate=commission_rates[lease.offer_id]
-                )
-    return outcomes
 
 
 def _charge_together(samples: list[UsageSample], leases: dict[int, Any], rates: dict[int, Decimal]) -> dict[int, Any]:

@@ -175,6 +175,12 @@ class WalletView(APIView):
 
 class PaymentNoticeOutput(serializers.ModelSerializer):
     organisation = serializers.IntegerField(source="organisation_id", read_only=True)
+    same_reference = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="Operators' lists: other notices (any organisation) citing the same transfer",
+    )
     transaction = serializers.IntegerField(
         source="transaction_id",
         read_only=True,
@@ -193,6 +199,7 @@ class PaymentNoticeOutput(serializers.ModelSerializer):
             "created_at",
             "reviewed_at",
             "reason",
+            "same_reference",
             "transaction",
         )
 
@@ -220,13 +227,18 @@ class TopUpView(APIView):
 
     class Filters(serializers.Serializer):
         status = serializers.ChoiceField(
-            choices=PaymentNoticeStatus.choices, required=False, help_text="Only notices in this state"
+            choices=PaymentNoticeStatus.choices,
+            required=False,
+            allow_blank=True,
+            help_text="Only notices in this state",
         )
 
     @extend_schema(parameters=[Filters], responses=PaymentNoticeOutput(many=True))
     def get(self, request: Request) -> Response:
         notices = PaymentNotice.objects.order_by("-id")
-        if role_of(request.user) != "operator":
+        if role_of(request.user) == "operator":
+            notices = notices.annotate(same_reference=payments.same_reference_elsewhere())
+        else:
             notices = notices.filter(organisation_id=request.user.organisation_id)
         notices = notices.filter(**query_filters(request, self.Filters))
         return paginate(request, notices, PaymentNoticeOutput)

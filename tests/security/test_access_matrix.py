@@ -277,9 +277,9 @@ ROWS: tuple[Row, ...] = (
         "401 202 403 403 202 403",
         body=lambda w: {"amount": "10.00", "reference": "matrix-payment"},
     ),
-    Row("GET", API + "wallet/top-ups", "401 200 200 200 200 200", visible=("notice_a", "buyer operator")),
-    Row("POST", API + "wallet/top-ups/<int:pk>/confirm", "401 403 403 200 403 403", arg="notice_a", body=reason),
-    Row("POST", API + "wallet/top-ups/<int:pk>/reject", "401 403 403 200 403 403", arg="notice_a", body=reason),
+    Row("GET", API + "wallet/top-ups", "401 200 200 200 200 200", visible=("payment_a", "buyer operator")),
+    Row("POST", API + "wallet/top-ups/<int:pk>/confirm", "401 403 403 200 403 403", arg="payment_a", body=reason),
+    Row("POST", API + "wallet/top-ups/<int:pk>/reject", "401 403 403 200 403 403", arg="payment_a", body=reason),
     # --- vouchers ---
     Row("GET", API + "voucher-programmes", "200 200 200 200 200 200"),
     Row("POST", API + "voucher-programmes", "401 403 403 201 403 403", body=programme_body),

@@ -102,7 +102,7 @@ def build() -> World:
     o["site_hidden"] = factories.site(pending)
     o["pool_hidden"] = factories.pool(pending, o["site_hidden"], name="pool of a pending provider")
 
-    o["notice_a"], _ = payments.payment_notice_submit(
+    o["payment_a"], _ = payments.payment_notice_submit(
         organisation=buyer.organisation, amount=Decimal("10.00"), reference="matrix-notice", user=buyer
     )
     # Vouchers: buyer A holds one (so its done job's charge is subsidised) and has an application under review.

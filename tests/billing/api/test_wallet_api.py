@@ -110,6 +110,18 @@ def test_the_same_reference_with_another_amount_is_refused(buyer):
     assert [n["amount"] for n in client.get(TOP_UPS).data["results"]] == ["10.00"]
 
 
+def test_one_transfer_spelt_two_ways_is_one_notice_and_operators_see_it_cited_elsewhere(buyer, finance):
+    client = client_for(buyer)
+    first = notify(client, "88.00", "ICBC-2026-0001")
+    again = notify(client, "88.00", "icbc 2026 0001")
+    assert again.status_code == 200 and again.data["id"] == first.data["id"]
+    assert notify(client, "89.00", "Icbc/2026/0001").status_code == 409
+    notify(client_for(factories.buyer(funds=Decimal(0))), "88.00", "ICBC20260001")
+    listed = {n["id"]: n for n in finance.get(TOP_UPS).data["results"]}
+    assert listed[first.data["id"]]["same_reference"] == 1, "the operator sees the transfer cited by another buyer"
+    assert client.get(TOP_UPS).data["results"][0]["same_reference"] is None
+
+
 def test_two_buyers_may_use_the_same_bank_reference(buyer):
     other = factories.buyer(funds=Decimal(0))
     assert top_up(client_for(buyer), "5.00", "0001").status_code == 200

@@ -10,8 +10,10 @@ key check only needs a key-share lock) while it is being charged. The batch
 is charged in one short database transaction by
 ``services.charge_samples``, whose ledger transactions go through one
 ``post_many`` (accounts locked in one global order, so workers do not
-deadlock). If the batch is refused (a sample that cannot be charged), its
-samples are charged one by one to set the culprit aside.
+deadlock). Samples of jobs paying with vouchers are charged after the
+batch, each in its own transaction. If the batch is refused (a sample that
+cannot be charged), its samples are charged one by one to set the culprit
+aside.
 
 Exactly-once does not rest on the claim: the services lock the samples and
 leave out any already marked charged, and the unique sample on ``Charge``
@@ -124,6 +126,8 @@ def charge_batch(*, limit: int = 500) -> ChargeRun:
             if not claimed:
                 raise
             outcomes = _one_by_one(claimed, rates, run, refused)
+        else:  # what the batch left (samples of jobs paying with vouchers), each in its own transaction
+            outcomes |= _one_by_one([c for c in claimed if c[0] not in outcomes], rates, run, refused)
         for sample_id, lease_id, _offer in claimed:
             if sample_id in outcomes:
                 _record(run, outcomes[sample_id], lease_id, suspended)

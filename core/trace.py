@@ -119,7 +119,7 @@ def job_trace(*, user: Any, job_id: int) -> JobTrace:
     events: list[Event] = []
     events += _audit_events(job, scope, org, leases, holds, charges, subsidies, statements)
     events += [_usage_event(sample) for sample in samples]
-    events += [_charge_event(charge) for charge in charges]
+    events += [_charge_event(charge, scope) for charge in charges]
     events += [_subsidy_event(subsidy) for subsidy in subsidies]
     for statement in statements:
         events.append(statement["event"])
@@ -138,7 +138,7 @@ def job_trace(*, user: Any, job_id: int) -> JobTrace:
         holds=holds,
         statements=statements,
         events=events,
-        totals=_totals(charges),
+        totals=_totals(charges, scope),
     )
 
 
@@ -154,16 +154,19 @@ def _usage_summary(samples: list[UsageSample]) -> dict[str, Any]:
     }
 
 
-def _totals(charges: list[Charge]) -> dict[str, Decimal]:
+def _totals(charges: list[Charge], scope: str) -> dict[str, Decimal | None]:
+    """Sums of the charges; how the buyer paid (hold, wallet, debt) is not the provider's to see."""
+
     def total(name: str) -> Decimal:
         return sum((getattr(charge, name) for charge in charges), ZERO)
 
+    buyers_side = scope != PROVIDER
     return {
         "ncu_hours": sum((charge.ncu_hours for charge in charges), Decimal("0.0000")),
         "gross": total("gross"),
         "voucher_funded": total("voucher_funded"),
-        "buyer_paid": total("from_hold") + total("from_available"),
-        "owed": total("owed"),
+        "buyer_paid": total("from_hold") + total("from_available") if buyers_side else None,
+        "owed": total("owed") if buyers_side else None,
         "commission": total("commission"),
         "provider_share": total("provider_share"),
     }
@@ -326,30 +329,38 @@ def _usage_event(sample: UsageSample) -> Event:
     )
 
 
-def _charge_event(charge: Charge) -> Event:
+def _charge_event(charge: Charge, scope: str) -> Event:
+    """A charge; the provider sees what it earned, not how the buyer paid (hold, wallet, debt)."""
+    summary = (
+        f"charged {charge.gross} CNY for {charge.ncu_hours} NCU-hours at {charge.unit_price.normalize()} "
+        f"CNY per NCU-hour: {charge.voucher_funded} by vouchers"
+    )
+    data = {
+        "charge": charge.pk,
+        "sample": charge.sample_id,
+        "commission": str(charge.commission),
+        "provider_share": str(charge.provider_share),
+        "voucher_funded": str(charge.voucher_funded),
+    }
+    if scope != PROVIDER:
+        summary += f", {charge.from_hold} from the hold, {charge.from_available} from the wallet, {charge.owed} owed"
+        data |= {
+            "from_hold": str(charge.from_hold),
+            "from_available": str(charge.from_available),
+            "owed": str(charge.owed),
+            "transaction": charge.transaction_id,
+        }
+    else:
+        summary += f"; {charge.provider_share} to you after {charge.commission} commission"
     return Event(
         at=charge.created_at,
         kind="charge",
         actor=SYSTEM,
         action="charge.captured",
-        summary=(
-            f"charged {charge.gross} CNY for {charge.ncu_hours} NCU-hours at {charge.unit_price.normalize()} "
-            f"CNY per NCU-hour: {charge.voucher_funded} by vouchers, {charge.from_hold} from the hold, "
-            f"{charge.from_available} from the wallet, {charge.owed} owed"
-        ),
+        summary=summary,
         lease=charge.lease_id,
         amount=charge.gross,
-        data={
-            "charge": charge.pk,
-            "sample": charge.sample_id,
-            "commission": str(charge.commission),
-            "provider_share": str(charge.provider_share),
-            "voucher_funded": str(charge.voucher_funded),
-            "from_hold": str(charge.from_hold),
-            "from_available": str(charge.from_available),
-            "owed": str(charge.owed),
-            "transaction": charge.transaction_id,
-        },
+        data=data,
     )
 
 

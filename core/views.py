@@ -163,8 +163,10 @@ class TraceTotalsOutput(serializers.Serializer):
     ncu_hours = serializers.DecimalField(max_digits=24, decimal_places=4)
     gross = serializers.DecimalField(**SUMS)
     voucher_funded = serializers.DecimalField(**SUMS)
-    buyer_paid = serializers.DecimalField(**SUMS, help_text="From the hold and the wallet")
-    owed = serializers.DecimalField(**SUMS)
+    buyer_paid = serializers.DecimalField(
+        **SUMS, allow_null=True, help_text="From the hold and the wallet (null for providers)"
+    )
+    owed = serializers.DecimalField(**SUMS, allow_null=True, help_text="Beyond hold and wallet (null for providers)")
     commission = serializers.DecimalField(**SUMS)
     provider_share = serializers.DecimalField(**SUMS)
 

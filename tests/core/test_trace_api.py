@@ -144,6 +144,10 @@ def test_a_provider_sees_only_its_own_part(story):
     assert [(s["role"], s["lease"]) for s in body["statements"]] == [("provider", story["lease_b"])]
     assert body["statements"][0]["payout"] is not None
     assert D(body["totals"]["gross"]) == D("50.00")
+    assert body["totals"]["buyer_paid"] is None and body["totals"]["owed"] is None
+    charges = [e for e in body["events"] if e["kind"] == "charge"]
+    assert charges and all({"from_hold", "from_available", "owed"}.isdisjoint(e["data"]) for e in charges)
+    assert all("from the hold" not in e["summary"] and "to you after" in e["summary"] for e in charges)
 
     other_part = trace(story["provider_a"], story["job"].pk).json()
     assert [lease["id"] for lease in other_part["leases"]] == [story["lease_a"]]

@@ -113,12 +113,15 @@ class AutoSchema(SpectacularAutoSchema):
         return codes
 
     def _throttled(self) -> bool:
-        """Whether a throttle may refuse this view: a scoped throttle only with a rate for the view's scope."""
+        """Whether a throttle may refuse this operation: a scoped throttle only when the scope
+        of the view (for this method) has a rate; any other throttle always."""
+        from core.throttling import ScopedThrottle, rate_of
+
         for throttle in self.view.get_throttles():
-            scope_attr = getattr(throttle, "scope_attr", None)
-            if scope_attr is None:
+            if not isinstance(throttle, ScopedThrottle):
                 return True
-            scope = getattr(self.view, scope_attr, None)
-            if scope and scope in (getattr(throttle, "THROTTLE_RATES", None) or {}):
+            scopes = getattr(self.view, "throttle_scopes", None)
+            scope = scopes.get(self.method) if scopes is not None else getattr(self.view, "throttle_scope", None)
+            if scope and rate_of(scope) is not None:
                 return True
         return False

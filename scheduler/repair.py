@@ -155,29 +155,33 @@ def _jobs_without_lease(cutoff: datetime, report: RepairReport) -> None:
         .order_by("id")
     )
     for job_id in list(stuck.values_list("pk", flat=True)[:BATCH]):
-        with transaction.atomic():
-            job = Job.objects.select_for_update().get(pk=job_id)
-            if job.status not in (JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.PREEMPTED):
-                continue
-            if Lease.objects.filter(job_id=job_id, status__in=HOLDING_LEASE_STATES).exists():
-                continue
-            last = Lease.objects.filter(job_id=job_id).order_by("-id").first()
-            story = f"{job.status} since {_since(job.status_changed_at)} but " + (
-                f"its lease {last.pk} is {last.status}" if last else "it has no lease"
-            )
-            if last is not None and last.status == LeaseStatus.COMPLETED and job.status != JobStatus.PREEMPTED:
-                path, outcome = [JobStatus.RUNNING, JobStatus.SUCCEEDED], "ends as its lease did"
-            elif last is not None and last.status == LeaseStatus.FAILED and job.status != JobStatus.PREEMPTED:
-                path, outcome = [JobStatus.FAILED], "ends as its lease did"
-            elif job.retry_on_loss or job.status == JobStatus.PREEMPTED:
-                path, outcome = [JobStatus.QUEUED], "queued again"
-            else:
-                path, outcome = [JobStatus.FAILED], "failed: the job asked not to be retried"
-            reason = f"repair: {story}; {outcome}"
-            for to in path:
-                if to != job.status:
-                    job = job_transition(job=job, to=to, actor=None, reason=reason)
-            audit_record(actor=None, action="repair.job_without_lease", entity=job, reason=reason)
+        try:
+            with transaction.atomic():
+                job = Job.objects.select_for_update().get(pk=job_id)
+                if job.status not in (JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.PREEMPTED):
+                    continue
+                if Lease.objects.filter(job_id=job_id, status__in=HOLDING_LEASE_STATES).exists():
+                    continue
+                last = Lease.objects.filter(job_id=job_id).order_by("-id").first()
+                story = f"{job.status} since {_since(job.status_changed_at)} but " + (
+                    f"its lease {last.pk} is {last.status}" if last else "it has no lease"
+                )
+                if last is not None and last.status == LeaseStatus.COMPLETED and job.status != JobStatus.PREEMPTED:
+                    path, outcome = [JobStatus.RUNNING, JobStatus.SUCCEEDED], "ends as its lease did"
+                elif last is not None and last.status == LeaseStatus.FAILED and job.status != JobStatus.PREEMPTED:
+                    path, outcome = [JobStatus.FAILED], "ends as its lease did"
+                elif job.retry_on_loss or job.status == JobStatus.PREEMPTED:
+                    path, outcome = [JobStatus.QUEUED], "queued again"
+                else:
+                    path, outcome = [JobStatus.FAILED], "failed: the job asked not to be retried"
+                reason = f"repair: {story}; {outcome}"
+                for to in path:
+                    if to != job.status:
+                        job = job_transition(job=job, to=to, actor=None, reason=reason)
+                audit_record(actor=None, action="repair.job_without_lease", entity=job, reason=reason)
+        except ApplicationError as error:  # this job is left for the next sweep; the others go on
+            report.failed.append((f"job {job_id}", error.detail))
+            continue
         (report.jobs_queued if job.status == JobStatus.QUEUED else report.jobs_ended).append(job_id)
 
 
@@ -264,6 +268,8 @@ def _holds_of_ended_leases(cutoff: datetime, report: RepairReport) -> None:
         with transaction.atomic():
             if not Hold.objects.select_for_update().filter(pk=hold.pk, status=HoldStatus.OPEN).exists():
                 continue  # released meanwhile
+            if UsageSample.objects.filter(lease_id=lease.pk, charged=False).exists():
+                continue  # a sample is still being charged (or was refused): the hold pays it first, next sweep
             closed = billing.hold_close(lease=lease)
             audit_record(
                 actor=None,

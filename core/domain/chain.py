@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 GENESIS = "0" * 64
@@ -35,7 +36,7 @@ def canonical_json(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"an audit entry's data cannot hold {value!r}")
-        return int(value) if value.is_integer() else value
+        return int(Decimal(repr(value))) if value.is_integer() else value  # exact: int(1e23) is 99999999999999991611392
     return value
 
 

@@ -19,6 +19,7 @@ from marketplace.domain.units import pool_ncu
 from marketplace.models import DeviceModel, Role, VerificationStatus
 from scheduler.domain import demand as engine
 from scheduler.domain.capacity import Hold
+from scheduler.domain.matching import QuoteMarket
 from scheduler.domain.packing import NodeShape
 from scheduler.models import HOLDING_LEASE_STATES, Job, Lease, Offer, OfferStatus
 
@@ -140,6 +141,7 @@ class _Snapshot:
     taken: float
     fingerprint: tuple
     inputs: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]
+    market: QuoteMarket | None = None  # the engine's market prepared from the inputs, while it holds
 
 
 _quote_snapshot: _Snapshot | None = None
@@ -168,16 +170,38 @@ def quote_inputs(*, now: datetime) -> tuple[list[engine.PoolOffer], list[engine.
     The engine is still given the real ``now``: leases that ended meanwhile
     hold nothing. The scheduling cycle never uses the snapshot: it reads the
     market afresh and re-verifies every placement under locks."""
+    snapshot = _snapshot(now=now)
+    return snapshot.inputs if snapshot is not None else engine_inputs(now=now)
+
+
+def _snapshot(*, now: datetime) -> _Snapshot | None:
     global _quote_snapshot
     ttl = float(getattr(settings, "CX_QUOTE_SNAPSHOT_SECONDS", 2))
     if ttl <= 0:
-        return engine_inputs(now=now)
+        return None
     fingerprint = _market_fingerprint()
     clock = time.monotonic()
     snapshot = _quote_snapshot
     if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
         snapshot = _quote_snapshot = _Snapshot(taken=clock, fingerprint=fingerprint, inputs=engine_inputs(now=now))
-    return snapshot.inputs
+    return snapshot
+
+
+def quote_market(*, now: datetime) -> tuple[QuoteMarket, dict[str, Offer]]:
+    """The engine's market prepared for quotes and submission checks at
+    ``now`` (see :class:`~scheduler.domain.matching.QuoteMarket`), and the
+    Offer rows by engine pool id: built from :func:`quote_inputs`' snapshot
+    and kept with it while it holds (no lease starts or ends meanwhile), so
+    a quote only evaluates its job. Without the snapshot, built afresh."""
+    snapshot = _snapshot(now=now)
+    if snapshot is None:
+        pool_offers, leases, rows = engine_inputs(now=now)
+        return QuoteMarket(pool_offers, leases, now=now), rows
+    pool_offers, leases, rows = snapshot.inputs
+    market = snapshot.market
+    if market is None or not market.usable_at(now):
+        market = snapshot.market = QuoteMarket(pool_offers, leases, now=now)
+    return market, rows
 
 
 def engine_inputs(

@@ -334,8 +334,8 @@ def job_submit(*, user: User, values: dict[str, Any], use_vouchers: bool = False
     _require_buyer(user)
     job = job_draft(user=user, values=values)
     now = timezone.now()
-    pool_offers, _leases, _rows = selectors.quote_inputs(now=now)
-    explanation = matching.check_submission(job_spec(job), pool_offers, now=now)
+    market, _rows = selectors.quote_market(now=now)
+    explanation = market.check_submission(job_spec(job), now=now)
     with transaction.atomic():
         job.save()
         audit_record(
@@ -706,8 +706,8 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     # A quote shows what the buyer's vouchers would pay whether or not the job will use them.
     job = job_draft(user=user, values={k: v for k, v in values.items() if k != "use_vouchers"})
     now = timezone.now()
-    pool_offers, leases, rows = selectors.quote_inputs(now=now)
-    result = matching.quote(job_spec(job), pool_offers, leases, now=now, limit=limit)
+    market, rows = selectors.quote_market(now=now)
+    result = market.quote(job_spec(job), now=now, limit=limit)
     month_to_date = month_to_date_ncu_hours(job.buyer_id, now)
     options = []
     for option in result.options:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
@@ -377,13 +378,36 @@ def _release_hold(lease_id: int) -> None:
         log.warning("could not release the hold of lease %s; the repair sweep will", lease_id, exc_info=True)
 
 
+# Set (in the shared cache) while a whole-market cycle is queued and has not
+# started; the cycle clears it when it starts, before it reads the queue. Submissions
+# in the meantime need no cycle of their own: the queued one will see their jobs.
+CYCLE_PENDING_KEY = "scheduler:cycle-pending"
+CYCLE_PENDING_SECONDS = 10  # how long a lost queued cycle can hold kicks back (the beat runs one anyway)
+
+
 def _kick_scheduler() -> None:
+    """Ask for a scheduling cycle, unless one is already queued and not yet started
+    (under a burst of submissions one cycle places them all, not one cycle each)."""
     from scheduler.tasks import run_scheduling_cycle
 
     try:
+        if not cache.add(CYCLE_PENDING_KEY, 1, timeout=CYCLE_PENDING_SECONDS):
+            return
+    except Exception:  # no shared cache: ask anyway
+        log.warning("could not check for a queued scheduling cycle", exc_info=True)
+    try:
         run_scheduling_cycle.delay()
     except Exception:  # the beat runs a cycle soon anyway
+        cycle_started()
         log.warning("could not enqueue a scheduling cycle", exc_info=True)
+
+
+def cycle_started() -> None:
+    """A whole-market cycle starts: submissions from now on ask for another one."""
+    try:
+        cache.delete(CYCLE_PENDING_KEY)
+    except Exception:  # the key expires by itself
+        log.warning("could not clear the queued scheduling cycle's mark", exc_info=True)
 
 
 # --- the scheduling cycle --------------------------------------------------------------------------------------------

@@ -246,7 +246,9 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def start_platform(db_url: str, broker: str, *, gunicorn_workers: int, logs: Path) -> Platform:
+def start_platform(
+    db_url: str, broker: str, *, gunicorn_workers: int, gunicorn_threads: int = 1, logs: Path
+) -> Platform:
     port = _free_port()
     env = {
         **os.environ,
@@ -271,6 +273,8 @@ def start_platform(db_url: str, broker: str, *, gunicorn_workers: int, logs: Pat
             f"127.0.0.1:{port}",
             "--workers",
             str(gunicorn_workers),
+            "--threads",
+            str(gunicorn_threads),
             "--backlog",
             "4096",
             "--timeout",
@@ -408,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the load runs (60)")
     parser.add_argument("--buyers", type=int, default=50, help="simulated buyer organisations (50)")
     parser.add_argument("--quote-share", type=float, default=0.8, help="share of requests that are quotes (0.8)")
-    parser.add_argument("--gunicorn-workers", type=int, default=4, help="gunicorn sync workers (4)")
+    parser.add_argument("--gunicorn-workers", type=int, default=4, help="gunicorn worker processes (4)")
+    parser.add_argument(
+        "--gunicorn-threads", type=int, default=1, help="threads per gunicorn worker (1: sync workers; more: gthread)"
+    )
     parser.add_argument(
         "--max-in-flight",
         type=int,
@@ -437,9 +444,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {market['offers']} active offers; setup took {market['seconds']:.1f} s")
         purge_queue(broker)
         logs = Path(tempfile.mkdtemp(prefix="cx-api-load-"))
-        platform = start_platform(db_url, broker, gunicorn_workers=args.gunicorn_workers, logs=logs)
+        platform = start_platform(
+            db_url, broker, gunicorn_workers=args.gunicorn_workers, gunicorn_threads=args.gunicorn_threads, logs=logs
+        )
         wait_healthy(platform.url)
-        print(f"platform: gunicorn × {args.gunicorn_workers} workers, 2 Celery workers (one with beat); logs in {logs}")
+        print(
+            f"platform: gunicorn × {args.gunicorn_workers} workers × {args.gunicorn_threads} threads, "
+            f"2 Celery workers (one with beat); logs in {logs}"
+        )
         warm, _ = asyncio.run(
             _drive(platform.url, tokens, rps=0, seconds=0, quote_share=1, seed=args.seed, warm_up=True)
         )
@@ -498,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         "shed": statuses.get(SHED, 0),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "gunicorn_workers": args.gunicorn_workers,
+        "gunicorn_threads": args.gunicorn_threads,
         "buyers": args.buyers,
         "load_average_before": round(load_before[0], 2),
         "load_average_after": round(load_after[0], 2),

@@ -3,6 +3,7 @@ and queries scoped to the caller."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -145,6 +146,7 @@ class _Snapshot:
 
 
 _quote_snapshot: _Snapshot | None = None
+_snapshot_lock = threading.Lock()
 
 
 def _market_fingerprint() -> tuple:
@@ -183,7 +185,11 @@ def _snapshot(*, now: datetime) -> _Snapshot | None:
     clock = time.monotonic()
     snapshot = _quote_snapshot
     if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
-        snapshot = _quote_snapshot = _Snapshot(taken=clock, fingerprint=fingerprint, inputs=engine_inputs(now=now))
+        with _snapshot_lock:  # threads of one process read the market once, not once each
+            snapshot = _quote_snapshot
+            if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
+                inputs = engine_inputs(now=now)
+                snapshot = _quote_snapshot = _Snapshot(taken=clock, fingerprint=fingerprint, inputs=inputs)
     return snapshot
 
 
@@ -200,7 +206,10 @@ def quote_market(*, now: datetime) -> tuple[QuoteMarket, dict[str, Offer]]:
     pool_offers, leases, rows = snapshot.inputs
     market = snapshot.market
     if market is None or not market.usable_at(now):
-        market = snapshot.market = QuoteMarket(pool_offers, leases, now=now)
+        with _snapshot_lock:
+            market = snapshot.market
+            if market is None or not market.usable_at(now):
+                market = snapshot.market = QuoteMarket(pool_offers, leases, now=now)
     return market, rows
 
 

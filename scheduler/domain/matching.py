@@ -1713,9 +1713,9 @@ class QuoteMarket:
     changes. A ``QuoteMarket`` keeps it and answers :meth:`quote` and
     :meth:`check_submission` exactly as :func:`quote` and
     :func:`check_submission` would on the same pools and leases at the given
-    ``now``, as long as :meth:`usable_at` says so: ``now`` has not gone back
-    and no lease started or ended since it was prepared (the market a fresh
-    build would load then is the same; only its clock moves). Quotes never
+    ``now``, as long as :meth:`usable_at` says so: ``now`` is not before the
+    moment it was prepared and no lease started or ended between the two (the
+    market a fresh build would load then is the same; only its clock moves). Quotes never
     change it (a quote commits nothing). What differs per job is the
     workload mix of the fragmentation measure (the job's own demand): it is
     set per call, with its fragmentation memo kept per mix.
@@ -1731,7 +1731,7 @@ class QuoteMarket:
     ) -> None:
         self.config = config or MatchingConfig()
         self._market = _Market(pools, now=now, config=self.config, leases=leases, jobs=())
-        prepared = self._market.now
+        prepared = self._prepared = self._market.now
         self._next_change = min(
             (moment for lease in leases for moment in (_us(lease.start), _us(lease.end)) if moment > prepared),
             default=_NEVER,
@@ -1742,7 +1742,7 @@ class QuoteMarket:
 
     def usable_at(self, now: datetime) -> bool:
         """Whether the prepared market is the one a fresh build at ``now`` would make."""
-        return self._market.now <= _us(now) < self._next_change
+        return self._prepared <= _us(now) < self._next_change
 
     def _at(self, job: JobSpec, now: datetime) -> _Market:
         if not self.usable_at(now):

@@ -333,15 +333,18 @@ def test_a_prepared_quote_market_answers_as_a_fresh_one_while_it_holds(scenario,
     tick = timedelta(microseconds=1)
     moments = {NOW + timedelta(seconds=s) for s in seconds}
     moments |= {moment + step for lease in leases for moment in (lease.end,) for step in (-tick, 0 * tick, tick)}
-    prepared = QuoteMarket(market, leases, now=NOW)
+    prepared, prepared_at = QuoteMarket(market, leases, now=NOW), NOW
     assert prepared.usable_at(NOW)
     assert not prepared.usable_at(NOW - tick)
-    for i, now in enumerate(sorted(m for m in moments if m >= NOW)):
+    # in any order: requests served on threads may ask with a moment earlier than the last one
+    for i, now in enumerate(sorted((m for m in moments if m >= NOW), key=lambda m: (m.microsecond % 3, m))):
         job = queued[i % len(queued)]
         if not prepared.usable_at(now):
-            # a lease started or ended meanwhile: the market a quote needs is another one
-            assert any(NOW < moment <= now for lease in leases for moment in (lease.start, lease.end))
-            prepared = QuoteMarket(market, leases, now=now)
+            # before it was prepared, or a lease started or ended since: the market a quote needs is another one
+            assert now < prepared_at or any(
+                prepared_at < moment <= now for lease in leases for moment in (lease.start, lease.end)
+            )
+            prepared, prepared_at = QuoteMarket(market, leases, now=now), now
         assert prepared.quote(job, now=now) == quote(job, market, leases, now=now)
         assert _checked(partial(prepared.check_submission, job, now=now)) == _checked(
             partial(check_submission, job, market, now=now)

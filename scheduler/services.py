@@ -725,6 +725,7 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     """The best few placements of a job spec, priced, with the subsidy the
     buyer's vouchers would pay, without submitting it."""
     from vouchers.redemption import quote_subsidy
+    from vouchers.selectors import usable_vouchers
 
     _require_buyer(user)
     # A quote shows what the buyer's vouchers would pay whether or not the job will use them.
@@ -733,11 +734,14 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     market, rows = selectors.quote_market(now=now)
     result = market.quote(job_spec(job), now=now, limit=limit)
     month_to_date = month_to_date_ncu_hours(job.buyer_id, now)
+    vouchers = list(usable_vouchers(buyer_id=job.buyer_id, at=now)) if result.options else []
     options = []
     for option in result.options:
         offer = rows[option.pool_id]
         breakdown = price_breakdown(offer, option, month_to_date=month_to_date)
-        breakdown, _decision = quote_subsidy(buyer_id=job.buyer_id, pool=offer.pool, quote=breakdown, at=now)
+        breakdown, _decision = quote_subsidy(
+            buyer_id=job.buyer_id, pool=offer.pool, quote=breakdown, at=now, vouchers=vouchers
+        )
         options.append({"assignment": option, "offer": offer, "breakdown": breakdown})
     return {"options": options, "explanation": result.explanation}
 

@@ -12,9 +12,11 @@ What it does, in order:
    offers on the pools, jobs running and pending), and registers ``--buyers`` (50)
    buyer organisations through the services, each with a token and a
    wallet topped up with 10,000,000 CNY.
-2. **The platform.** gunicorn (``--gunicorn-workers``, 4 sync workers: the
-   machine has 2 cores and a request spends part of its time waiting for
-   PostgreSQL) and two Celery scheduling workers (one of them running beat),
+2. **The platform.** gunicorn (``--gunicorn-workers`` 2 processes for the
+   machine's 2 cores, ``--gunicorn-threads`` 4 threads each: a request spends
+   part of its time waiting for PostgreSQL, and the threads of a process
+   share its market snapshot and prepared quote market, which one process
+   per thread would each rebuild) and two Celery scheduling workers (one of them running beat),
    on that database and on the Redis database of ``CELERY_BROKER_URL``
    (its ``celery`` queue is purged before and after: give the bench a Redis
    database nobody else uses). All on 127.0.0.1.
@@ -412,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the load runs (60)")
     parser.add_argument("--buyers", type=int, default=50, help="simulated buyer organisations (50)")
     parser.add_argument("--quote-share", type=float, default=0.8, help="share of requests that are quotes (0.8)")
-    parser.add_argument("--gunicorn-workers", type=int, default=4, help="gunicorn worker processes (4)")
+    parser.add_argument("--gunicorn-workers", type=int, default=2, help="gunicorn worker processes (2)")
     parser.add_argument(
-        "--gunicorn-threads", type=int, default=1, help="threads per gunicorn worker (1: sync workers; more: gthread)"
+        "--gunicorn-threads", type=int, default=4, help="threads per gunicorn worker (4; 1: sync workers)"
     )
     parser.add_argument(
         "--max-in-flight",

@@ -3,6 +3,7 @@ and queries scoped to the caller."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import defaultdict
@@ -142,6 +143,8 @@ class _Snapshot:
     taken: float
     fingerprint: tuple
     inputs: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]
+    offers: _MarketOffers | None = None  # the offer rows read at ``offers_taken`` (leases may be newer)
+    offers_taken: float = 0.0
     market: QuoteMarket | None = None  # the engine's market prepared from the inputs, while it holds
 
 
@@ -188,9 +191,29 @@ def _snapshot(*, now: datetime) -> _Snapshot | None:
         with _snapshot_lock:  # threads of one process read the market once, not once each
             snapshot = _quote_snapshot
             if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
-                inputs = engine_inputs(now=now)
-                snapshot = _quote_snapshot = _Snapshot(taken=clock, fingerprint=fingerprint, inputs=inputs)
+                # Only leases made or ended (the same offers, none edited): the offer rows read
+                # less than the lifetime ago are kept and only the leases are read again.
+                keep = (
+                    snapshot is not None
+                    and snapshot.offers is not None
+                    and clock - snapshot.offers_taken <= ttl
+                    and _same_offers(snapshot.fingerprint, fingerprint)
+                )
+                offers = snapshot.offers if keep and snapshot is not None else _market_offers(now=now)
+                taken = snapshot.offers_taken if keep and snapshot is not None else clock
+                snapshot = _quote_snapshot = _Snapshot(
+                    taken=clock,
+                    fingerprint=fingerprint,
+                    inputs=engine_inputs(now=now, offers=offers),
+                    offers=offers,
+                    offers_taken=taken,
+                )
     return snapshot
+
+
+def _same_offers(before: tuple, after: tuple) -> bool:
+    """Whether two fingerprints differ at most in their leases' generations."""
+    return (before[0], before[1], before[3]) == (after[0], after[1], after[3])
 
 
 def quote_market(*, now: datetime) -> tuple[QuoteMarket, dict[str, Offer]]:
@@ -213,17 +236,38 @@ def quote_market(*, now: datetime) -> tuple[QuoteMarket, dict[str, Offer]]:
     return market, rows
 
 
+@dataclass(frozen=True)
+class _MarketOffers:
+    rows: list[Offer]
+    reliability: dict[int, Decimal]
+
+
+def _market_offers(*, now: datetime, hub: str | None = None, shard: tuple[int, int] | None = None) -> _MarketOffers:
+    from scheduler.execution import reliability_scores  # execution imports the services, which import us
+
+    offers = _market_rows(hub=hub, at=now, shard=shard)
+    return _MarketOffers(offers, reliability_scores(sorted({o.pool.site.provider_id for o in offers}), now=now))
+
+
 def engine_inputs(
-    *, now: datetime, hub: str | None = None, shard: tuple[int, int] | None = None
+    *,
+    now: datetime,
+    hub: str | None = None,
+    shard: tuple[int, int] | None = None,
+    offers: _MarketOffers | None = None,
 ) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
     """The market for one cycle (or the shard of it, see :func:`market_offers`):
     offers as the engine's PoolOffers, holding leases as its Leases, and the
-    Offer rows by engine pool id."""
-    offers = _market_rows(hub=hub, at=now, shard=shard)
-    by_key = {f"offer:{o.pk}": o for o in offers}
+    Offer rows by engine pool id. ``offers``: the offer rows already read
+    (copied here, so the rows of earlier inputs keep their utilisation)."""
+    if offers is None:
+        offers = _market_offers(now=now, hub=hub, shard=shard)
+    reliability = offers.reliability
+    by_key = {f"offer:{o.pk}": copy.copy(o) for o in offers.rows}
+    offers_list = list(by_key.values())
     leases = list(
         holding_leases(after=now)
-        .filter(offer_id__in=[o.pk for o in offers])
+        .filter(offer_id__in=[o.pk for o in offers_list])
         .values("id", "job_id", "job__buyer_id", "offer_id", "start", "end", "allocations", "interruptible", "ncu")
     )
     held_ncu: dict[int, Decimal] = defaultdict(Decimal)
@@ -245,9 +289,6 @@ def engine_inputs(
                 ncu=row["ncu"],
             )
         )
-    from scheduler.execution import reliability_scores  # execution imports the services, which import us
-
-    reliability = reliability_scores(sorted({o.pool.site.provider_id for o in offers}), now=now)
     pool_offers = []
     for key, offer in by_key.items():
         pool = offer.pool

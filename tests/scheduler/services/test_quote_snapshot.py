@@ -50,7 +50,7 @@ def test_a_zero_lifetime_turns_the_snapshot_off(settings):
 
 
 def test_when_only_leases_changed_the_offers_are_kept_and_the_leases_read_again(django_assert_max_num_queries):
-    _provider, pools = factories.market(pools=2, nodes=1)
+    factories.market(pools=2, nodes=1)
     buyer = factories.buyer()
     first = selectors.quote_inputs(now=timezone.now())
     factories.submit(buyer)

@@ -12,9 +12,11 @@ What it does, in order:
    offers on the pools, jobs running and pending), and registers ``--buyers`` (50)
    buyer organisations through the services, each with a token and a
    wallet topped up with 10,000,000 CNY.
-2. **The platform.** gunicorn (``--gunicorn-workers``, 4 sync workers: the
-   machine has 2 cores and a request spends part of its time waiting for
-   PostgreSQL) and two Celery scheduling workers (one of them running beat),
+2. **The platform.** gunicorn (``--gunicorn-workers`` 2 processes for the
+   machine's 2 cores, ``--gunicorn-threads`` 4 threads each: a request spends
+   part of its time waiting for PostgreSQL, and the threads of a process
+   share its market snapshot and prepared quote market, which one process
+   per thread would each rebuild) and two Celery scheduling workers (one of them running beat),
    on that database and on the Redis database of ``CELERY_BROKER_URL``
    (its ``celery`` queue is purged before and after: give the bench a Redis
    database nobody else uses). All on 127.0.0.1.
@@ -246,7 +248,9 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def start_platform(db_url: str, broker: str, *, gunicorn_workers: int, logs: Path) -> Platform:
+def start_platform(
+    db_url: str, broker: str, *, gunicorn_workers: int, gunicorn_threads: int = 1, logs: Path
+) -> Platform:
     port = _free_port()
     env = {
         **os.environ,
@@ -271,6 +275,8 @@ def start_platform(db_url: str, broker: str, *, gunicorn_workers: int, logs: Pat
             f"127.0.0.1:{port}",
             "--workers",
             str(gunicorn_workers),
+            "--threads",
+            str(gunicorn_threads),
             "--backlog",
             "4096",
             "--timeout",
@@ -408,7 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the load runs (60)")
     parser.add_argument("--buyers", type=int, default=50, help="simulated buyer organisations (50)")
     parser.add_argument("--quote-share", type=float, default=0.8, help="share of requests that are quotes (0.8)")
-    parser.add_argument("--gunicorn-workers", type=int, default=4, help="gunicorn sync workers (4)")
+    parser.add_argument("--gunicorn-workers", type=int, default=2, help="gunicorn worker processes (2)")
+    parser.add_argument(
+        "--gunicorn-threads", type=int, default=4, help="threads per gunicorn worker (4; 1: sync workers)"
+    )
     parser.add_argument(
         "--max-in-flight",
         type=int,
@@ -437,9 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {market['offers']} active offers; setup took {market['seconds']:.1f} s")
         purge_queue(broker)
         logs = Path(tempfile.mkdtemp(prefix="cx-api-load-"))
-        platform = start_platform(db_url, broker, gunicorn_workers=args.gunicorn_workers, logs=logs)
+        platform = start_platform(
+            db_url, broker, gunicorn_workers=args.gunicorn_workers, gunicorn_threads=args.gunicorn_threads, logs=logs
+        )
         wait_healthy(platform.url)
-        print(f"platform: gunicorn × {args.gunicorn_workers} workers, 2 Celery workers (one with beat); logs in {logs}")
+        print(
+            f"platform: gunicorn × {args.gunicorn_workers} workers × {args.gunicorn_threads} threads, "
+            f"2 Celery workers (one with beat); logs in {logs}"
+        )
         warm, _ = asyncio.run(
             _drive(platform.url, tokens, rps=0, seconds=0, quote_share=1, seed=args.seed, warm_up=True)
         )
@@ -498,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         "shed": statuses.get(SHED, 0),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "gunicorn_workers": args.gunicorn_workers,
+        "gunicorn_threads": args.gunicorn_threads,
         "buyers": args.buyers,
         "load_average_before": round(load_before[0], 2),
         "load_average_after": round(load_after[0], 2),

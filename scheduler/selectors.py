@@ -3,6 +3,8 @@ and queries scoped to the caller."""
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -19,6 +21,7 @@ from marketplace.domain.units import pool_ncu
 from marketplace.models import DeviceModel, Role, VerificationStatus
 from scheduler.domain import demand as engine
 from scheduler.domain.capacity import Hold
+from scheduler.domain.matching import QuoteMarket
 from scheduler.domain.packing import NodeShape
 from scheduler.models import HOLDING_LEASE_STATES, Job, Lease, Offer, OfferStatus
 
@@ -140,9 +143,13 @@ class _Snapshot:
     taken: float
     fingerprint: tuple
     inputs: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]
+    offers: _MarketOffers | None = None  # the offer rows read at ``offers_taken`` (leases may be newer)
+    offers_taken: float = 0.0
+    market: QuoteMarket | None = None  # the engine's market prepared from the inputs, while it holds
 
 
 _quote_snapshot: _Snapshot | None = None
+_snapshot_lock = threading.Lock()
 
 
 def _market_fingerprint() -> tuple:
@@ -168,29 +175,99 @@ def quote_inputs(*, now: datetime) -> tuple[list[engine.PoolOffer], list[engine.
     The engine is still given the real ``now``: leases that ended meanwhile
     hold nothing. The scheduling cycle never uses the snapshot: it reads the
     market afresh and re-verifies every placement under locks."""
+    snapshot = _snapshot(now=now)
+    return snapshot.inputs if snapshot is not None else engine_inputs(now=now)
+
+
+def _snapshot(*, now: datetime) -> _Snapshot | None:
     global _quote_snapshot
     ttl = float(getattr(settings, "CX_QUOTE_SNAPSHOT_SECONDS", 2))
     if ttl <= 0:
-        return engine_inputs(now=now)
+        return None
     fingerprint = _market_fingerprint()
     clock = time.monotonic()
     snapshot = _quote_snapshot
     if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
-        snapshot = _quote_snapshot = _Snapshot(taken=clock, fingerprint=fingerprint, inputs=engine_inputs(now=now))
-    return snapshot.inputs
+        with _snapshot_lock:  # threads of one process read the market once, not once each
+            snapshot = _quote_snapshot
+            if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
+                # Only leases made or ended (the same offers, none edited): the offer rows read
+                # less than the lifetime ago are kept and only the leases are read again.
+                keep = (
+                    snapshot is not None
+                    and snapshot.offers is not None
+                    and clock - snapshot.offers_taken <= ttl
+                    and _same_offers(snapshot.fingerprint, fingerprint)
+                )
+                offers = snapshot.offers if keep and snapshot is not None else _market_offers(now=now)
+                taken = snapshot.offers_taken if keep and snapshot is not None else clock
+                snapshot = _quote_snapshot = _Snapshot(
+                    taken=clock,
+                    fingerprint=fingerprint,
+                    inputs=engine_inputs(now=now, offers=offers),
+                    offers=offers,
+                    offers_taken=taken,
+                )
+    return snapshot
+
+
+def _same_offers(before: tuple, after: tuple) -> bool:
+    """Whether two fingerprints differ at most in their leases' generations."""
+    return (before[0], before[1], before[3]) == (after[0], after[1], after[3])
+
+
+def quote_market(*, now: datetime) -> tuple[QuoteMarket, dict[str, Offer]]:
+    """The engine's market prepared for quotes and submission checks at
+    ``now`` (see :class:`~scheduler.domain.matching.QuoteMarket`), and the
+    Offer rows by engine pool id: built from :func:`quote_inputs`' snapshot
+    and kept with it while it holds (no lease starts or ends meanwhile), so
+    a quote only evaluates its job. Without the snapshot, built afresh."""
+    snapshot = _snapshot(now=now)
+    if snapshot is None:
+        pool_offers, leases, rows = engine_inputs(now=now)
+        return QuoteMarket(pool_offers, leases, now=now), rows
+    pool_offers, leases, rows = snapshot.inputs
+    market = snapshot.market
+    if market is None or not market.usable_at(now):
+        with _snapshot_lock:
+            market = snapshot.market
+            if market is None or not market.usable_at(now):
+                market = snapshot.market = QuoteMarket(pool_offers, leases, now=now)
+    return market, rows
+
+
+@dataclass(frozen=True)
+class _MarketOffers:
+    rows: list[Offer]
+    reliability: dict[int, Decimal]
+
+
+def _market_offers(*, now: datetime, hub: str | None = None, shard: tuple[int, int] | None = None) -> _MarketOffers:
+    from scheduler.execution import reliability_scores  # execution imports the services, which import us
+
+    offers = _market_rows(hub=hub, at=now, shard=shard)
+    return _MarketOffers(offers, reliability_scores(sorted({o.pool.site.provider_id for o in offers}), now=now))
 
 
 def engine_inputs(
-    *, now: datetime, hub: str | None = None, shard: tuple[int, int] | None = None
+    *,
+    now: datetime,
+    hub: str | None = None,
+    shard: tuple[int, int] | None = None,
+    offers: _MarketOffers | None = None,
 ) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
     """The market for one cycle (or the shard of it, see :func:`market_offers`):
     offers as the engine's PoolOffers, holding leases as its Leases, and the
-    Offer rows by engine pool id."""
-    offers = _market_rows(hub=hub, at=now, shard=shard)
-    by_key = {f"offer:{o.pk}": o for o in offers}
+    Offer rows by engine pool id. ``offers``: the offer rows already read
+    (copied here, so the rows of earlier inputs keep their utilisation)."""
+    if offers is None:
+        offers = _market_offers(now=now, hub=hub, shard=shard)
+    reliability = offers.reliability
+    by_key = {f"offer:{o.pk}": copy.copy(o) for o in offers.rows}
+    offers_list = list(by_key.values())
     leases = list(
         holding_leases(after=now)
-        .filter(offer_id__in=[o.pk for o in offers])
+        .filter(offer_id__in=[o.pk for o in offers_list])
         .values("id", "job_id", "job__buyer_id", "offer_id", "start", "end", "allocations", "interruptible", "ncu")
     )
     held_ncu: dict[int, Decimal] = defaultdict(Decimal)
@@ -212,9 +289,6 @@ def engine_inputs(
                 ncu=row["ncu"],
             )
         )
-    from scheduler.execution import reliability_scores  # execution imports the services, which import us
-
-    reliability = reliability_scores(sorted({o.pool.site.provider_id for o in offers}), now=now)
     pool_offers = []
     for key, offer in by_key.items():
         pool = offer.pool

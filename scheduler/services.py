@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
@@ -334,8 +335,8 @@ def job_submit(*, user: User, values: dict[str, Any], use_vouchers: bool = False
     _require_buyer(user)
     job = job_draft(user=user, values=values)
     now = timezone.now()
-    pool_offers, _leases, _rows = selectors.quote_inputs(now=now)
-    explanation = matching.check_submission(job_spec(job), pool_offers, now=now)
+    market, _rows = selectors.quote_market(now=now)
+    explanation = market.check_submission(job_spec(job), now=now)
     with transaction.atomic():
         job.save()
         audit_record(
@@ -377,13 +378,36 @@ def _release_hold(lease_id: int) -> None:
         log.warning("could not release the hold of lease %s; the repair sweep will", lease_id, exc_info=True)
 
 
+# Set (in the shared cache) while a whole-market cycle is queued and has not
+# started; the cycle clears it when it starts, before it reads the queue. Submissions
+# in the meantime need no cycle of their own: the queued one will see their jobs.
+CYCLE_PENDING_KEY = "scheduler:cycle-pending"
+CYCLE_PENDING_SECONDS = 10  # how long a lost queued cycle can hold kicks back (the beat runs one anyway)
+
+
 def _kick_scheduler() -> None:
+    """Ask for a scheduling cycle, unless one is already queued and not yet started
+    (under a burst of submissions one cycle places them all, not one cycle each)."""
     from scheduler.tasks import run_scheduling_cycle
 
     try:
+        if not cache.add(CYCLE_PENDING_KEY, 1, timeout=CYCLE_PENDING_SECONDS):
+            return
+    except Exception:  # no shared cache: ask anyway
+        log.warning("could not check for a queued scheduling cycle", exc_info=True)
+    try:
         run_scheduling_cycle.delay()
     except Exception:  # the beat runs a cycle soon anyway
+        cycle_started()
         log.warning("could not enqueue a scheduling cycle", exc_info=True)
+
+
+def cycle_started() -> None:
+    """A whole-market cycle starts: submissions from now on ask for another one."""
+    try:
+        cache.delete(CYCLE_PENDING_KEY)
+    except Exception:  # the key expires by itself
+        log.warning("could not clear the queued scheduling cycle's mark", exc_info=True)
 
 
 # --- the scheduling cycle --------------------------------------------------------------------------------------------
@@ -701,19 +725,23 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     """The best few placements of a job spec, priced, with the subsidy the
     buyer's vouchers would pay, without submitting it."""
     from vouchers.redemption import quote_subsidy
+    from vouchers.selectors import usable_vouchers
 
     _require_buyer(user)
     # A quote shows what the buyer's vouchers would pay whether or not the job will use them.
     job = job_draft(user=user, values={k: v for k, v in values.items() if k != "use_vouchers"})
     now = timezone.now()
-    pool_offers, leases, rows = selectors.quote_inputs(now=now)
-    result = matching.quote(job_spec(job), pool_offers, leases, now=now, limit=limit)
+    market, rows = selectors.quote_market(now=now)
+    result = market.quote(job_spec(job), now=now, limit=limit)
     month_to_date = month_to_date_ncu_hours(job.buyer_id, now)
+    vouchers = list(usable_vouchers(buyer_id=job.buyer_id, at=now)) if result.options else []
     options = []
     for option in result.options:
         offer = rows[option.pool_id]
         breakdown = price_breakdown(offer, option, month_to_date=month_to_date)
-        breakdown, _decision = quote_subsidy(buyer_id=job.buyer_id, pool=offer.pool, quote=breakdown, at=now)
+        breakdown, _decision = quote_subsidy(
+            buyer_id=job.buyer_id, pool=offer.pool, quote=breakdown, at=now, vouchers=vouchers
+        )
         options.append({"assignment": option, "offer": offer, "breakdown": breakdown})
     return {"options": options, "explanation": result.explanation}
 

@@ -19,6 +19,8 @@ def run_scheduling_cycle(hub: str | None = None, shard: list[int] | None = None)
     """Run one scheduling cycle (all hubs, or one hub's shard; ``shard=[i, n]``:
     worker i of n, which writes its buyers' part of the plan of the whole
     queue). Idempotent: a cycle only places jobs that are still queued."""
+    if hub is None and shard is None:
+        services.cycle_started()
     report = services.cycle_run(hub=hub, shard=None if shard is None else (int(shard[0]), int(shard[1])))
     return {
         "queued": report.queued,

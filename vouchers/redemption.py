@@ -117,13 +117,20 @@ def charge_plan_record(*, charge: Charge, plan: ChargePlan) -> list[ChargeSubsid
 
 
 def quote_subsidy(
-    *, buyer_id: int, pool: ResourcePool, quote: pricing.Quote, at: datetime | None = None
+    *,
+    buyer_id: int,
+    pool: ResourcePool,
+    quote: pricing.Quote,
+    at: datetime | None = None,
+    vouchers: list[Voucher] | None = None,
 ) -> tuple[pricing.Quote, subsidy.SubsidyDecision]:
     """The quote with the subsidy the buyer's vouchers would pay of its
     subtotal now (their balances and caps as they stand; nothing is locked or
-    reserved), and the decision saying which vouchers and why not others."""
+    reserved), and the decision saying which vouchers and why not others.
+    ``vouchers``: the buyer's usable vouchers at ``at`` when already read
+    (one read for all the options of a quote)."""
     decision = selectors.decision_for(
-        buyer_id=buyer_id, pool=pool, gross=quote.subtotal.amount, at=at or timezone.now()
+        buyer_id=buyer_id, pool=pool, gross=quote.subtotal.amount, at=at or timezone.now(), vouchers=vouchers
     )
     return quote.with_voucher_subsidy(Money(decision.total)), decision
 

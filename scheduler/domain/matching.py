@@ -126,6 +126,7 @@ relative margin and then exactly before any assignment is made.
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -174,6 +175,7 @@ __all__ = [
     "Explanation",
     "JobNeverFits",
     "Preemption",
+    "QuoteMarket",
     "QuoteResult",
     "Reservation",
     "check_submission",
@@ -1685,8 +1687,12 @@ def quote(
     """The best ``limit`` placements of the job (one per pool), each at its expected start, without submitting."""
     config = config or MatchingConfig()
     market = _Market(pools, now=now, config=config, leases=leases, jobs=(job,))
+    return _quote_on(market, job, now=now, limit=limit)
+
+
+def _quote_on(market: _Market, job: JobSpec, *, now: datetime, limit: int) -> QuoteResult:
     ready = job.ready_at(now)
-    options = market.earliest(job, ready, config.quote_pool_limit)
+    options = market.earliest(job, ready, market.config.quote_pool_limit)
     for option in options:
         if len(options) > 1:
             option.frag = market.fragmentation_growth(option)
@@ -1696,6 +1702,74 @@ def quote(
         for o in options[:limit]
     )
     return QuoteResult(options=chosen, explanation=market.explain(job, ready, occupancy=False))
+
+
+class QuoteMarket:
+    """The market prepared once for many quotes and submission checks.
+
+    Building the engine's market (each pool's facts, the per-stack arrays,
+    the leases' commitments on every node, the free capacity now) is most of
+    the work of a quote, and it is the same for every quote until the market
+    changes. A ``QuoteMarket`` keeps it and answers :meth:`quote` and
+    :meth:`check_submission` exactly as :func:`quote` and
+    :func:`check_submission` would on the same pools and leases at the given
+    ``now``, as long as :meth:`usable_at` says so: ``now`` is not before the
+    moment it was prepared and no lease started or ended between the two (the
+    market a fresh build would load then is the same; only its clock moves). Quotes never
+    change it (a quote commits nothing). What differs per job is the
+    workload mix of the fragmentation measure (the job's own demand): it is
+    set per call, with its fragmentation memo kept per mix.
+    Calls are serialised by a lock (processes may serve requests on threads)."""
+
+    def __init__(
+        self,
+        pools: Sequence[PoolOffer],
+        leases: Sequence[Lease] = (),
+        *,
+        now: datetime,
+        config: MatchingConfig | None = None,
+    ) -> None:
+        self.config = config or MatchingConfig()
+        self._market = _Market(pools, now=now, config=self.config, leases=leases, jobs=())
+        prepared = self._prepared = self._market.now
+        self._next_change = min(
+            (moment for lease in leases for moment in (_us(lease.start), _us(lease.end)) if moment > prepared),
+            default=_NEVER,
+        )
+        self._facts = [f for part in self._market.partitions.values() for f in part.facts]
+        self._mixes: dict[WorkloadMix | None, tuple[WorkloadMix | None, dict]] = {}
+        self._lock = threading.Lock()
+
+    def usable_at(self, now: datetime) -> bool:
+        """Whether the prepared market is the one a fresh build at ``now`` would make."""
+        return self._prepared <= _us(now) < self._next_change
+
+    def _at(self, job: JobSpec, now: datetime) -> _Market:
+        if not self.usable_at(now):
+            raise ValueError("the prepared market does not hold at this time: prepare it again")
+        market = self._market
+        moment = _us(now)
+        if moment != market.now:
+            market.now, market.now_dt = moment, now
+            for state in market.states.values():
+                state.now = moment
+        mix = self.config.mix if self.config.mix is not None else _queue_mix((job,), self.config.mix_size, self._facts)
+        # equal mixes share one object (the packing tables are found by identity) and one fragmentation memo
+        market.mix, market._frag_cache = self._mixes.setdefault(mix, (mix, {}))
+        return market
+
+    def quote(self, job: JobSpec, *, now: datetime, limit: int = 3) -> QuoteResult:
+        """:func:`quote` of the job on this market at ``now``."""
+        with self._lock:
+            return _quote_on(self._at(job, now), job, now=now, limit=limit)
+
+    def check_submission(self, job: JobSpec, *, now: datetime) -> Explanation:
+        """:func:`check_submission` of the job on this market at ``now``."""
+        with self._lock:
+            explanation = self._at(job, now).explain(job, job.ready_at(now), occupancy=False)
+        if explanation.never_fits:
+            raise JobNeverFits(explanation)
+        return explanation
 
 
 def explain(

@@ -5,8 +5,10 @@ picks a costlier feasible pool for a job alone; the explanation agrees with the 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,7 +28,16 @@ from scheduler.domain.demand import (
     resolve,
     static_reason,
 )
-from scheduler.domain.matching import CycleResult, explain, quote, schedule_cycle
+from scheduler.domain.matching import (
+    CycleResult,
+    Explanation,
+    JobNeverFits,
+    QuoteMarket,
+    check_submission,
+    explain,
+    quote,
+    schedule_cycle,
+)
 from scheduler.domain.packing import NodeState
 from tests.scheduler.domain.test_matching import A100, ASCEND, H100, KUNPENG, NOW, lease_from, make_pool
 
@@ -299,6 +310,45 @@ def test_cheapest_never_picks_a_costlier_feasible_pool_for_a_job_alone(market, q
     options = quote(job, market, now=NOW).options
     assert options[0].estimated_cost <= min(feasible.values())
     assert [o.estimated_cost for o in options] == sorted(o.estimated_cost for o in options)
+
+
+def _checked(check: Callable[[], Explanation]) -> object:
+    try:
+        return check()
+    except JobNeverFits as refused:
+        return ("never fits", refused.explanation)
+
+
+@PROPERTY
+@given(
+    scenario=scenarios(),
+    ago=st.integers(1, 3600),
+    seconds=st.lists(st.integers(0, 2 * 3600), min_size=1, max_size=4),
+)
+def test_a_prepared_quote_market_answers_as_a_fresh_one_while_it_holds(scenario, ago, seconds):
+    market, earlier, queued = scenario
+    # leases made ``ago`` seconds before the market is prepared, some ending while it is used
+    first = schedule_cycle(earlier, market, [], NOW - timedelta(seconds=ago))
+    leases = [lease_from(a, f"lease-{a.job_id}", interruptible=a.interruptible) for a in first.assignments]
+    tick = timedelta(microseconds=1)
+    moments = {NOW + timedelta(seconds=s) for s in seconds}
+    moments |= {moment + step for lease in leases for moment in (lease.end,) for step in (-tick, 0 * tick, tick)}
+    prepared, prepared_at = QuoteMarket(market, leases, now=NOW), NOW
+    assert prepared.usable_at(NOW)
+    assert not prepared.usable_at(NOW - tick)
+    # in any order: requests served on threads may ask with a moment earlier than the last one
+    for i, now in enumerate(sorted((m for m in moments if m >= NOW), key=lambda m: (m.microsecond % 3, m))):
+        job = queued[i % len(queued)]
+        if not prepared.usable_at(now):
+            # before it was prepared, or a lease started or ended since: the market a quote needs is another one
+            assert now < prepared_at or any(
+                prepared_at < moment <= now for lease in leases for moment in (lease.start, lease.end)
+            )
+            prepared, prepared_at = QuoteMarket(market, leases, now=now), now
+        assert prepared.quote(job, now=now) == quote(job, market, leases, now=now)
+        assert _checked(partial(prepared.check_submission, job, now=now)) == _checked(
+            partial(check_submission, job, market, now=now)
+        )
 
 
 @settings(max_examples=200, deadline=None)

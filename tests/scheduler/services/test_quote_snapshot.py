@@ -47,3 +47,19 @@ def test_a_zero_lifetime_turns_the_snapshot_off(settings):
     settings.CX_QUOTE_SNAPSHOT_SECONDS = 0
     factories.market(pools=1, nodes=1)
     assert selectors.quote_inputs(now=timezone.now()) is not selectors.quote_inputs(now=timezone.now())
+
+
+def test_when_only_leases_changed_the_offers_are_kept_and_the_leases_read_again(django_assert_max_num_queries):
+    factories.market(pools=2, nodes=1)
+    buyer = factories.buyer()
+    first = selectors.quote_inputs(now=timezone.now())
+    factories.submit(buyer)
+    services.cycle_run()  # a lease on one of the offers
+    with django_assert_max_num_queries(2):  # the fingerprint and the leases
+        again = selectors.quote_inputs(now=timezone.now())
+    assert again is not first
+    assert len(again[1]) == len(first[1]) + 1
+    # the rows of the earlier inputs keep their own utilisation
+    assert all(first[2][key] is not again[2][key] for key in first[2])
+    options = services.quote_for(user=buyer, values=factories.job_values())["options"]
+    assert len([o for o in options if o["assignment"].start <= timezone.now()]) == 1

@@ -284,6 +284,9 @@ def site_update(*, site: Site, actor: User, **changes: Any) -> Site:
     for field, value in changes.items():
         setattr(locked, field, value)
     locked.save(update_fields=list(changes))
+    # Its pools count as edited too: a site's PUE, green share and grid factor are part of what the
+    # market offers (carbon, greenest), and quotes reuse a market only while no pool was edited.
+    ResourcePool.objects.filter(site=locked).update(updated_at=timezone.now())
     audit_record(
         actor=actor,
         action="site.updated",

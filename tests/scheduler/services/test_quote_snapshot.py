@@ -1,9 +1,12 @@
 """Quotes reuse a market snapshot only while the market is unchanged: a
 lease made, an offer listed or a pool edited is seen by the next quote."""
 
+from decimal import Decimal
+
 import pytest
 from django.utils import timezone
 
+from marketplace import services as marketplace_services
 from scheduler import selectors, services
 from tests import factories
 
@@ -63,3 +66,13 @@ def test_when_only_leases_changed_the_offers_are_kept_and_the_leases_read_again(
     assert all(first[2][key] is not again[2][key] for key in first[2])
     options = services.quote_for(user=buyer, values=factories.job_values())["options"]
     assert len([o for o in options if o["assignment"].start <= timezone.now()]) == 1
+
+
+def test_a_site_edited_meanwhile_is_quoted_with_its_new_carbon_at_once():
+    provider, pools = factories.market(pools=1, nodes=1)
+    buyer = factories.buyer()
+    first = services.quote_for(user=buyer, values=factories.job_values())["options"][0]["assignment"]
+    assert first.carbon_kg > 0
+    marketplace_services.site_update(site=pools[0].site, actor=provider, green_share=Decimal("1.00"))
+    after = services.quote_for(user=buyer, values=factories.job_values())["options"][0]["assignment"]
+    assert after.carbon_kg == 0, "all green: no carbon, though the market was read a moment ago"

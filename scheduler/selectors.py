@@ -14,7 +14,6 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Count, Max, Q, QuerySet, Sum
-from django.db.models.functions import Mod
 
 from billing.domain import pricing
 from marketplace.domain.units import pool_ncu
@@ -34,11 +33,8 @@ POOL_RELATED = (
 )
 
 
-def market_offers(
-    *, hub: str | None = None, at: datetime | None = None, shard: tuple[int, int] | None = None
-) -> QuerySet[Offer]:
-    """Active offers of verified providers on active pools (the market); with
-    ``shard=(index, count)`` only the offers whose id is ``index`` modulo ``count``."""
+def market_offers(*, hub: str | None = None, at: datetime | None = None) -> QuerySet[Offer]:
+    """Active offers of verified providers on active pools (the market)."""
     qs = Offer.objects.filter(
         status=OfferStatus.ACTIVE,
         pool__status="active",
@@ -48,21 +44,14 @@ def market_offers(
         qs = qs.filter(Q(window_end__isnull=True) | Q(window_end__gt=at))
     if hub:
         qs = qs.filter(pool__site__hub=hub)
-    if shard is not None:
-        index, count = shard
-        if count < 1 or not 0 <= index < count:
-            raise ValueError(f"shard {index} of {count} does not exist")
-        qs = qs.alias(shard_key=Mod("id", count)).filter(shard_key=index)
     return qs
 
 
-def _market_rows(*, hub: str | None, at: datetime, shard: tuple[int, int] | None) -> list[Offer]:
+def _market_rows(*, hub: str | None, at: datetime) -> list[Offer]:
     """The market's offers with pool, site and provider joined, and the device
     models attached from one read of the (small) catalogue: thousands of offers
     share a few dozen models, so joining them per offer only moves bytes."""
-    offers = list(
-        market_offers(hub=hub, at=at, shard=shard).select_related(None).select_related("pool__site__provider")
-    )
+    offers = list(market_offers(hub=hub, at=at).select_related(None).select_related("pool__site__provider"))
     devices = {d.pk: d for d in DeviceModel.objects.all()}
     for offer in offers:
         pool = offer.pool
@@ -242,10 +231,10 @@ class _MarketOffers:
     reliability: dict[int, Decimal]
 
 
-def _market_offers(*, now: datetime, hub: str | None = None, shard: tuple[int, int] | None = None) -> _MarketOffers:
+def _market_offers(*, now: datetime, hub: str | None = None) -> _MarketOffers:
     from scheduler.execution import reliability_scores  # execution imports the services, which import us
 
-    offers = _market_rows(hub=hub, at=now, shard=shard)
+    offers = _market_rows(hub=hub, at=now)
     return _MarketOffers(offers, reliability_scores(sorted({o.pool.site.provider_id for o in offers}), now=now))
 
 
@@ -253,15 +242,14 @@ def engine_inputs(
     *,
     now: datetime,
     hub: str | None = None,
-    shard: tuple[int, int] | None = None,
     offers: _MarketOffers | None = None,
 ) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
-    """The market for one cycle (or the shard of it, see :func:`market_offers`):
-    offers as the engine's PoolOffers, holding leases as its Leases, and the
-    Offer rows by engine pool id. ``offers``: the offer rows already read
+    """The market for one cycle (one hub's with ``hub``): offers as the
+    engine's PoolOffers, holding leases as its Leases, and the Offer rows by
+    engine pool id. ``offers``: the offer rows already read
     (copied here, so the rows of earlier inputs keep their utilisation)."""
     if offers is None:
-        offers = _market_offers(now=now, hub=hub, shard=shard)
+        offers = _market_offers(now=now, hub=hub)
     reliability = offers.reliability
     by_key = {f"offer:{o.pk}": copy.copy(o) for o in offers.rows}
     offers_list = list(by_key.values())

@@ -1177,10 +1177,13 @@ def main(argv: list[str] | None = None) -> int:
         reference = "the proven optimum" if quality.proven else "the best lower bound"
         print(f"  ratio              {quality.ratio or float('nan'):.4f} (ours over {reference})")
         print(f"  leases' own estimated cost: {cny(leased_cost)} (prices locked cycle by cycle)")
-        print(
-            f"  at most {quality.max_placeable} of the {len(specs):,} jobs could be placed even with capacity "
-            f"aggregated per pool (LP bound); we placed {quality.jobs_placed:,}; optimum {quality.seconds:.1f} s"
+        most = (
+            f"at most {quality.max_placeable:,} of the {len(specs):,} jobs could be placed even with capacity "
+            "aggregated per pool (LP bound)"
+            if quality.max_placeable is not None
+            else "how many jobs could be placed at all: not solved in its time limit"
         )
+        print(f"  {most}; we placed {quality.jobs_placed:,}; optimum {quality.seconds:.1f} s")
     close_connections()
 
     naive = None

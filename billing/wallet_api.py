@@ -5,6 +5,7 @@ operator; no payment gateway)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -262,33 +263,30 @@ class PaymentReviewInput(serializers.Serializer):
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
-class TopUpConfirmView(APIView):
+class _PaymentReview(APIView):
+    """An operator's decision on a payment notice, by ``decide`` (a service of billing.payments)."""
+
+    permission_classes = [IsOperator]
+    decide: Callable[..., PaymentNotice]
+
+    @extend_schema(request=PaymentReviewInput, responses=PaymentNoticeOutput)
+    def post(self, request: Request, pk: int) -> Response:
+        data = PaymentReviewInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        notice = get_object_or_404(PaymentNotice, pk=pk)
+        notice = type(self).decide(notice=notice, actor=request.user, reason=data.validated_data["reason"])
+        return Response(PaymentNoticeOutput(notice).data)
+
+
+class TopUpConfirmView(_PaymentReview):
     """Operator: the payment is on the bank statement. Credits the wallet once
     (confirming again changes nothing) and tells the buyer."""
 
-    permission_classes = [IsOperator]
-
-    @extend_schema(request=PaymentReviewInput, responses=PaymentNoticeOutput)
-    def post(self, request: Request, pk: int) -> Response:
-        data = PaymentReviewInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        notice = get_object_or_404(PaymentNotice, pk=pk)
-        notice = payments.payment_notice_confirm(
-            notice=notice, actor=request.user, reason=data.validated_data["reason"]
-        )
-        return Response(PaymentNoticeOutput(notice).data)
+    decide = staticmethod(payments.payment_notice_confirm)
 
 
-class TopUpRejectView(APIView):
+class TopUpRejectView(_PaymentReview):
     """Operator: no such payment arrived. Closes the notice with the reason
     (required; the buyer is told), nothing moves."""
 
-    permission_classes = [IsOperator]
-
-    @extend_schema(request=PaymentReviewInput, responses=PaymentNoticeOutput)
-    def post(self, request: Request, pk: int) -> Response:
-        data = PaymentReviewInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        notice = get_object_or_404(PaymentNotice, pk=pk)
-        notice = payments.payment_notice_reject(notice=notice, actor=request.user, reason=data.validated_data["reason"])
-        return Response(PaymentNoticeOutput(notice).data)
+    decide = staticmethod(payments.payment_notice_reject)

@@ -753,22 +753,14 @@ class Solution:
     bound: float | None
 
 
-def solve_assignment(
-    pairs: list[Pair], facts: list[Any], *, placed: set[int] | None, time_limit: float, integral: bool
-) -> Solution:
-    """The batch as an assignment problem, solved by HiGHS (``scipy.optimize.milp``).
-
-    Variables: x[j, p] in [0, 1] (integral when ``integral``) for each candidate pair. Rows: each job on at most one
-    pool (with ``placed``: exactly one, for exactly the jobs in ``placed``); per pool, the accelerator thousandths,
-    CPU thousandths and memory MiB its jobs hold (all their nodes) at most the pool's offered nodes' total.
-    Objective: with ``placed``, minimise total cost; without, maximise the number of jobs placed."""
+def assignment_rows(pairs: list[Pair], facts: list[Any], *, exactly_one: bool) -> tuple[Any, list[float], list[float]]:
+    """The constraint rows of the assignment problem over ``pairs`` (one column each): per job, the sum of its
+    x at most one (``exactly_one``: exactly one); per pool, the accelerator thousandths, CPU thousandths and
+    memory MiB its jobs hold at most the pool's offered nodes' total. Returns (COO matrix, row lower bounds,
+    row upper bounds)."""
     import numpy as np
-    from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
-    if placed is not None:
-        pairs = [p for p in pairs if p.job in placed]
-    m = len(pairs)
     job_row = {j: r for r, j in enumerate(sorted({p.job for p in pairs}))}
     pools = sorted({p.pool for p in pairs})
     pool_row = {i: len(job_row) + 3 * r for r, i in enumerate(pools)}
@@ -784,17 +776,36 @@ def solve_assignment(
                 rows.append(pool_row[p.pool] + offset)
                 cols.append(c)
                 vals.append(float(value))
-    lo = [1.0 if placed is not None else 0.0] * len(job_row)
+    lo = [1.0 if exactly_one else 0.0] * len(job_row)
     hi = [1.0] * len(job_row)
     for i in pools:
         f = facts[i]
-        lo += [-np.inf] * 3
+        lo += [-np.inf] * 3  # HiGHS reads any bound past 1e20 as none
         hi += [
             float(f.nodes_offered * f.node_shape.accelerators * 1000),
             float(f.nodes_offered * f.node_shape.cpu_milli),
             float(f.nodes_offered * f.node_shape.memory_mib),
         ]
-    a = coo_matrix((vals, (rows, cols)), shape=(len(lo), m)).tocsr()
+    return coo_matrix((vals, (rows, cols)), shape=(len(lo), len(pairs))), lo, hi
+
+
+def solve_assignment(
+    pairs: list[Pair], facts: list[Any], *, placed: set[int] | None, time_limit: float, integral: bool
+) -> Solution:
+    """The batch as an assignment problem, solved by HiGHS (``scipy.optimize.milp``).
+
+    Variables: x[j, p] in [0, 1] (integral when ``integral``) for each candidate pair. Rows: each job on at most one
+    pool (with ``placed``: exactly one, for exactly the jobs in ``placed``); per pool, the accelerator thousandths,
+    CPU thousandths and memory MiB its jobs hold (all their nodes) at most the pool's offered nodes' total.
+    Objective: with ``placed``, minimise total cost; without, maximise the number of jobs placed."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    if placed is not None:
+        pairs = [p for p in pairs if p.job in placed]
+    m = len(pairs)
+    matrix, lo, hi = assignment_rows(pairs, facts, exactly_one=placed is not None)
+    a = matrix.tocsr()
     objective = np.array([p.cost for p in pairs]) if placed is not None else np.full(m, -1.0)
     res = milp(
         objective,
@@ -816,36 +827,11 @@ def solve_mip_from(
     it within ``time_limit``. Returns the best assignment's cost and HiGHS's proven lower bound."""
     import highspy
     import numpy as np
-    from scipy.sparse import coo_matrix
 
     pairs = [p for p in pairs if p.job in placed]
     m = len(pairs)
-    job_row = {j: r for r, j in enumerate(sorted({p.job for p in pairs}))}
-    pools = sorted({p.pool for p in pairs})
-    pool_row = {i: len(job_row) + 3 * r for r, i in enumerate(pools)}
-    rows: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
-    for c, p in enumerate(pairs):
-        rows.append(job_row[p.job])
-        cols.append(c)
-        vals.append(1.0)
-        for offset, value in ((0, p.thousandths), (1, p.cpu_milli), (2, p.memory_mib)):
-            if value:
-                rows.append(pool_row[p.pool] + offset)
-                cols.append(c)
-                vals.append(float(value))
-    lo = [1.0] * len(job_row)
-    hi = [1.0] * len(job_row)
-    for i in pools:
-        f = facts[i]
-        lo += [-highspy.kHighsInf] * 3
-        hi += [
-            float(f.nodes_offered * f.node_shape.accelerators * 1000),
-            float(f.nodes_offered * f.node_shape.cpu_milli),
-            float(f.nodes_offered * f.node_shape.memory_mib),
-        ]
-    a = coo_matrix((vals, (rows, cols)), shape=(len(lo), m)).tocsc()
+    matrix, lo, hi = assignment_rows(pairs, facts, exactly_one=True)
+    a = matrix.tocsc()
     lp = highspy.HighsLp()
     lp.num_col_ = m
     lp.num_row_ = len(lo)

@@ -5,33 +5,21 @@ a closed period changes nothing), so a redelivered message is harmless."""
 from __future__ import annotations
 
 from celery import shared_task
-from django.db import OperationalError
 from django.utils.dateparse import parse_datetime
 
 from billing import charging, settlement
 from core.errors import InvalidInput
+from core.tasks import DURABLE
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@shared_task(**DURABLE)
 def charge_usage(limit: int = 500) -> dict:
     """Charge up to ``limit`` uncharged usage samples (several workers may run
     it at once: samples are claimed with SKIP LOCKED)."""
     return charging.charge_usage(limit=limit)
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@shared_task(**DURABLE)
 def close_due_periods() -> dict[str, list[int]]:
     """Close every elapsed settlement period not closed yet (the beat runs it
     a few times an hour; the previous period closes soon after it ends)."""
@@ -39,13 +27,7 @@ def close_due_periods() -> dict[str, list[int]]:
     return {"closed": [period.pk for period in periods]}
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@shared_task(**DURABLE)
 def close_period(start: str, end: str) -> int:
     """Close the period [start, end) given as ISO 8601 date-times with their
     offset; returns the period's id."""

@@ -5,16 +5,11 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import OperationalError
 
+from core.tasks import DURABLE
 from scheduler import services
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@shared_task(**DURABLE)
 def run_scheduling_cycle(hub: str | None = None, shard: list[int] | None = None) -> dict[str, float | int]:
     """Run one scheduling cycle (all hubs, or one hub's shard; ``shard=[i, n]``:
     worker i of n, which writes its buyers' part of the plan of the whole
@@ -45,13 +40,7 @@ def watch_leases() -> list[int]:
     return lost
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@shared_task(**DURABLE)
 def repair_stuck_work() -> dict:
     """Find and repair work stuck without progress (see scheduler.repair);
     idempotent. Returns what was repaired."""

@@ -7,16 +7,11 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import OperationalError
 
+from core.tasks import DURABLE
 from vouchers import services, statements
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@shared_task(**DURABLE)
 def expire_vouchers() -> list[int]:
     """Expire vouchers past their validity: balances return to the programme
     or are forfeited, per programme. Returns the voucher ids expired."""
@@ -29,13 +24,7 @@ def expire_voucher(voucher_id: int) -> bool:
     return services.voucher_expire(voucher_id=voucher_id) is not None
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@shared_task(**DURABLE)
 def close_redemption_statements() -> list[int]:
     """Put the redemptions of every elapsed period on statements for the
     operator's review (兑付). Returns the statement ids written."""

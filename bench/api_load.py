@@ -66,10 +66,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.database import django_setup, drop_database, recreate_database, with_database  # noqa: E402
+
 BIN = Path(sys.executable).parent
 DB_NAME = "cx_api_load"
 FUNDS = Decimal("10000000.00")
@@ -103,38 +104,6 @@ def job_body(rng: random.Random, n: int) -> dict[str, Any]:
 
 
 # --- the database and the market ---------------------------------------------------------------------------------
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def _admin(url: str, statement: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    parts = urlsplit(url)
-    with psycopg.connect(urlunsplit(("postgresql", parts.netloc, "/postgres", "", "")), autocommit=True) as conn:
-        conn.execute(sql.SQL(statement).format(sql.Identifier(DB_NAME)))
-
-
-def recreate_database(url: str) -> None:
-    _admin(url, "DROP DATABASE IF EXISTS {} WITH (FORCE)")
-    _admin(url, "CREATE DATABASE {}")
-
-
-def drop_database(url: str) -> None:
-    _admin(url, "DROP DATABASE IF EXISTS {} WITH (FORCE)")
-
-
-def django_setup(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
 
 
 def make_market(buyers: int) -> tuple[list[str], dict[str, Any]]:
@@ -432,10 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     broker = os.environ.get("CELERY_BROKER_URL", "")
     if not server_url.startswith("postgres") or not broker.startswith("redis://"):
         raise SystemExit("set DATABASE_URL=postgres://… and CELERY_BROKER_URL=redis://…/<a database nobody uses>")
-    db_url = _with_database(server_url, DB_NAME)
+    db_url = with_database(server_url, DB_NAME)
     print(f"API load: {args.rps:g} requests/s for {args.seconds:g} s, {args.quote_share:.0%} quotes, open loop")
     print(f"setup: database {DB_NAME}, demo market and vouchers, {args.buyers} buyers …", flush=True)
-    recreate_database(server_url)
+    recreate_database(server_url, DB_NAME)
     platform: Platform | None = None
     try:
         django_setup(db_url)
@@ -491,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
         connections.close_all()
         if not args.keep:
-            drop_database(server_url)
+            drop_database(server_url, DB_NAME)
 
     by_kind: dict[str, list[Outcome]] = {"quote": [], "submit": []}
     for outcome in outcomes:

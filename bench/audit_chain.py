@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ledger_throughput import _with_database, recreate_database, setup_django  # noqa: E402
+from bench.database import django_setup, drop_database, recreate_database, with_database  # noqa: E402
 
 BENCH_DATABASE = "cx_audit_bench"
 
@@ -97,17 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     recreate_database(server, args.database)
     try:
-        return _run(args, _with_database(server, args.database))
+        return _run(args, with_database(server, args.database))
     finally:
         from django.db import connections
 
         connections.close_all()
         if not args.keep:
-            recreate_database(server, args.database, create=False)
+            drop_database(server, args.database)
 
 
 def _run(args: argparse.Namespace, url: str) -> int:
-    setup_django(url)
+    django_setup(url)
     from django.core.management import call_command
     from django.db import connection, transaction
     from django.utils import timezone

@@ -50,11 +50,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from bench.database import django_setup, drop_database, recreate_database, with_database  # noqa: E402
 
 BENCH_DATABASE = "cx_ledger_bench"
 POSTINGS_TARGET = 5_000  # postings per second
@@ -63,32 +63,6 @@ COMMISSION_RATE = Decimal("0.08")
 
 
 # --- the database ----------------------------------------------------------------------------------------------------
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def recreate_database(url: str, name: str, *, create: bool = True) -> None:
-    """Drop ``name`` (and create it afresh), connected to the server's ``postgres`` database."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(_with_database(url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        if create:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ.setdefault("CONN_MAX_AGE", "600")
-    import django
-
-    django.setup()
 
 
 # --- the market ------------------------------------------------------------------------------------------------------
@@ -204,7 +178,7 @@ def _post_worker(
     url: str, worker: int, count: int, pairs: list[tuple[str, str]], mode: str, prefix: str, barrier, out
 ) -> None:
     """One process: post its drafts (``mode``: "post", "disjoint" or "post_many"), report timings."""
-    setup_django(url)
+    django_setup(url, conn_max_age=600)
     from django.db import connection
 
     from billing import services
@@ -554,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     if not server.startswith(("postgres://", "postgresql://")):
         print("Set DATABASE_URL=postgres://… (the benchmark creates its own database there).", file=sys.stderr)
         return 2
-    url = _with_database(server, args.database)
+    url = with_database(server, args.database)
     recreate_database(server, args.database)
     try:
         return _run(args, url)
@@ -563,11 +537,11 @@ def main(argv: list[str] | None = None) -> int:
 
         connections.close_all()
         if not args.keep:
-            recreate_database(server, args.database, create=False)
+            drop_database(server, args.database)
 
 
 def _run(args: argparse.Namespace, url: str) -> int:
-    setup_django(url)
+    django_setup(url, conn_max_age=600)
     from datetime import timedelta
 
     from django.core.management import call_command

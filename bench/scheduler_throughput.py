@@ -51,11 +51,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from bench.database import django_setup, drop_database, recreate_database, with_database  # noqa: E402
 
 DATA = Path(os.environ.get("CX_SHARED_DATA", "/work/shared/data"))
 NODES_CSV = DATA / "alibaba-spot-gpu-v2026" / "node_info_df.csv"
@@ -169,48 +170,6 @@ def pod_plans() -> list[PodPlan]:
 
 
 # --- the database -----------------------------------------------------------------------------------------------------
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def _admin_connect(url: str):  # type: ignore[no-untyped-def]
-    import psycopg
-
-    parts = urlsplit(url)
-    dsn = urlunsplit(("postgresql", parts.netloc, "/postgres", "", ""))
-    return psycopg.connect(dsn, autocommit=True)
-
-
-def recreate_database(url: str, name: str, *, template: str | None = None) -> None:
-    from psycopg import sql
-
-    with _admin_connect(url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        if template:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
-            )
-        else:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def drop_database(url: str, name: str) -> None:
-    from psycopg import sql
-
-    with _admin_connect(url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def django_setup(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
 
 
 def close_connections() -> None:
@@ -1076,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
     if not url.startswith(("postgres://", "postgresql://")):
         print("This bench needs PostgreSQL (SKIP LOCKED, several workers): set DATABASE_URL=postgres://…")
         return 2
-    bench_url = _with_database(url, BENCH_DB)
+    bench_url = with_database(url, BENCH_DB)
     limit = args.limit or (args.jobs if args.split == "shard" else math.ceil(args.jobs / args.workers))
 
     print(f"Scheduler throughput bench: {args.jobs:,} jobs, {args.pools:,} pools, {args.workers} workers")

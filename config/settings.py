@@ -272,6 +272,9 @@ CELERY_BEAT_SCHEDULE["watch-leases"] = {
     "schedule": float(os.environ.get("CX_WATCH_SECONDS", "15")),
     "options": {"expires": 15},
 }
+# A cycle asked for by submissions starts at least this long after the last one started
+# (scheduler/services.py: under a stream of submissions, one cycle per gap places them all).
+CX_CYCLE_MIN_GAP_SECONDS = float(os.environ.get("CX_CYCLE_MIN_GAP_SECONDS", "1"))
 # Quotes reuse a market snapshot this long while the market is unchanged (scheduler/selectors.py).
 CX_QUOTE_SNAPSHOT_SECONDS = float(os.environ.get("CX_QUOTE_SNAPSHOT_SECONDS", "2"))
 # Work left without progress for CX_STUCK_SECONDS (a task lost with Redis, a

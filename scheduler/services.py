@@ -383,11 +383,18 @@ def _release_hold(lease_id: int) -> None:
 # in the meantime need no cycle of their own: the queued one will see their jobs.
 CYCLE_PENDING_KEY = "scheduler:cycle-pending"
 CYCLE_PENDING_SECONDS = 10  # how long a lost queued cycle can hold kicks back (the beat runs one anyway)
+# When the last whole-market cycle started (wall clock, in the shared cache): a cycle a
+# submission asks for starts at least CX_CYCLE_MIN_GAP_SECONDS after it.
+CYCLE_STARTED_KEY = "scheduler:cycle-started"
 
 
 def _kick_scheduler() -> None:
     """Ask for a scheduling cycle, unless one is already queued and not yet started
-    (under a burst of submissions one cycle places them all, not one cycle each)."""
+    (under a burst of submissions one cycle places them all, not one cycle each).
+    The cycle is due ``CX_CYCLE_MIN_GAP_SECONDS`` (1) after the last one started:
+    under a steady stream of submissions the workers run about one cycle per gap,
+    each placing everything that arrived meanwhile, instead of re-reading the
+    whole market back to back for a job or two each."""
     from scheduler.tasks import run_scheduling_cycle
 
     try:
@@ -396,14 +403,43 @@ def _kick_scheduler() -> None:
     except Exception:  # no shared cache: ask anyway
         log.warning("could not check for a queued scheduling cycle", exc_info=True)
     try:
-        run_scheduling_cycle.delay()
-    except Exception:  # the beat runs a cycle soon anyway
-        cycle_started()
+        wait = _cycle_gap_left()
+        if wait > 0:
+            run_scheduling_cycle.apply_async(countdown=wait)
+        else:
+            run_scheduling_cycle.delay()
+    except Exception:  # the beat runs a cycle soon anyway; the next submission asks again
+        _forget_pending()
         log.warning("could not enqueue a scheduling cycle", exc_info=True)
 
 
+def _cycle_gap_left() -> float:
+    """Seconds until a new whole-market cycle may start (0: now)."""
+    from django.conf import settings
+
+    gap = float(getattr(settings, "CX_CYCLE_MIN_GAP_SECONDS", 1))
+    if gap <= 0:
+        return 0.0
+    try:
+        last = cache.get(CYCLE_STARTED_KEY)
+    except Exception:
+        return 0.0
+    if last is None:
+        return 0.0
+    return round(min(gap, max(0.0, float(last) + gap - time.time())), 3)
+
+
 def cycle_started() -> None:
-    """A whole-market cycle starts: submissions from now on ask for another one."""
+    """A whole-market cycle starts: submissions from now on ask for another one,
+    due a gap after this one's start."""
+    try:
+        cache.set(CYCLE_STARTED_KEY, time.time(), timeout=3600)
+    except Exception:  # then the next cycle is not held back
+        log.warning("could not note the scheduling cycle's start", exc_info=True)
+    _forget_pending()
+
+
+def _forget_pending() -> None:
     try:
         cache.delete(CYCLE_PENDING_KEY)
     except Exception:  # the key expires by itself

@@ -1,6 +1,9 @@
 """A burst of submissions asks for one scheduling cycle, not one each: a
 submission asks for a cycle only when none is queued and not yet started,
-and a cycle that starts lets the next submission ask again."""
+and a cycle that starts lets the next submission ask again, due no sooner
+than CX_CYCLE_MIN_GAP_SECONDS after that cycle's start."""
+
+import time
 
 import pytest
 
@@ -13,8 +16,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def enqueued(monkeypatch) -> list[tuple]:
+    """The cycles asked for, each as (args, countdown)."""
     calls: list[tuple] = []
-    monkeypatch.setattr(tasks.run_scheduling_cycle, "delay", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(tasks.run_scheduling_cycle, "delay", lambda *args, **kwargs: calls.append((args, 0)))
+    monkeypatch.setattr(
+        tasks.run_scheduling_cycle,
+        "apply_async",
+        lambda args=(), kwargs=None, countdown=0, **options: calls.append((tuple(args or ()), countdown)),
+    )
     return calls
 
 
@@ -57,3 +66,35 @@ def test_a_cycle_that_could_not_be_enqueued_does_not_hold_the_next_ones_back(mon
     factories.submit(buyer)
     factories.submit(buyer)
     assert len(calls) == before + 2
+
+
+def test_a_cycle_asked_for_right_after_one_started_is_due_a_gap_after_that_start(enqueued, settings):
+    settings.CX_CYCLE_MIN_GAP_SECONDS = 2
+    factories.market(pools=1, nodes=2)
+    buyer = factories.buyer()
+    tasks.run_scheduling_cycle()
+    started = time.time()
+    factories.submit(buyer)
+    _args, countdown = enqueued[-1]
+    assert 0 < countdown <= 2
+    assert countdown >= 2 - (time.time() - started) - 0.01
+
+
+def test_a_cycle_asked_for_a_gap_after_the_last_one_is_due_at_once(enqueued, settings, monkeypatch):
+    settings.CX_CYCLE_MIN_GAP_SECONDS = 1
+    factories.market(pools=1, nodes=2)
+    buyer = factories.buyer()
+    tasks.run_scheduling_cycle()
+    later = time.time() + 1.5
+    monkeypatch.setattr(time, "time", lambda: later)
+    factories.submit(buyer)
+    assert enqueued[-1][1] == 0
+
+
+def test_without_a_gap_every_asked_cycle_is_due_at_once(enqueued, settings):
+    settings.CX_CYCLE_MIN_GAP_SECONDS = 0
+    factories.market(pools=1, nodes=2)
+    buyer = factories.buyer()
+    tasks.run_scheduling_cycle()
+    factories.submit(buyer)
+    assert enqueued[-1][1] == 0

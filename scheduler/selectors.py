@@ -4,20 +4,21 @@ and queries scoped to the caller."""
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db import connection
+from django.db.models import Q, QuerySet
 
 from billing.domain import pricing
 from marketplace.domain.units import pool_ncu
-from marketplace.models import DeviceModel, Role, VerificationStatus
+from marketplace.models import DeviceModel, ResourcePool, Role, VerificationStatus
 from scheduler.domain import demand as engine
 from scheduler.domain.capacity import Hold
 from scheduler.domain.matching import QuoteMarket
@@ -129,38 +130,56 @@ def effective_unit_price(offer: Offer, *, at: datetime, utilisation: Decimal) ->
 
 @dataclass
 class _Snapshot:
-    taken: float
+    taken: float  # monotonic: when the offer rows, reliability scores and prices were read
     fingerprint: tuple
+    offers: _MarketOffers  # the offer rows (with pool, site, provider, devices) and reliability scores
+    generations: dict[int, int]  # offer id -> the generation its leases were read at
+    leases: dict[int, list[engine.Lease]]  # offer id -> its holding leases, as the engine's Leases
     inputs: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]
-    offers: _MarketOffers | None = None  # the offer rows read at ``offers_taken`` (leases may be newer)
-    offers_taken: float = 0.0
     market: QuoteMarket | None = None  # the engine's market prepared from the inputs, while it holds
 
 
 _quote_snapshot: _Snapshot | None = None
-_snapshot_lock = threading.Lock()
+_snapshot_lock = threading.Lock()  # taken to replace a snapshot the market has moved on from
+_refresh_lock = threading.Lock()  # taken by the one thread re-reading an unchanged but old snapshot
+
+
+@functools.cache
+def _fingerprint_sql() -> str:
+    offers, pools = Offer._meta.db_table, ResourcePool._meta.db_table  # the models' own tables, no input
+    columns = 'COUNT(o."id"), MAX(o."id"), COALESCE(SUM(o."generation"), 0), MAX(p."updated_at")'
+    joined = f'"{offers}" o INNER JOIN "{pools}" p ON o."pool_id" = p."id"'
+    return f'SELECT {columns} FROM {joined} WHERE o."status" = %s'  # noqa: S608
 
 
 def _market_fingerprint() -> tuple:
     """What changes whenever the market's offers or leases do: the active
     offers' count and highest id, the sum of their generations (every lease
     made or ended on an offer bumps its generation) and their pools' latest
-    edit."""
-    row = Offer.objects.filter(status=OfferStatus.ACTIVE).aggregate(
-        n=Count("id"), top=Max("id"), gen=Sum("generation"), edited=Max("pool__updated_at")
-    )
-    return (row["n"], row["top"], row["gen"], row["edited"])
+    edit. One small statement, asked on every quote and submission."""
+    with connection.cursor() as cursor:
+        cursor.execute(_fingerprint_sql(), [OfferStatus.ACTIVE])
+        n, top, generations, edited = cursor.fetchone()
+    if isinstance(edited, str):  # SQLite hands the timestamp back as text
+        edited = datetime.fromisoformat(edited)
+    return (n, top, int(generations), edited)
 
 
 def quote_inputs(*, now: datetime) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
     """:func:`engine_inputs` for quotes and the submission check, from a
-    snapshot this process keeps: reused for at most
-    ``CX_QUOTE_SNAPSHOT_SECONDS`` (2; 0 turns it off) and only while no offer
-    was listed or withdrawn, no pool edited and no lease made or ended on one
-    (one small aggregate query tells). So a quote never misses a lease, an
-    offer or a pool's change; what may be up to that old are the prices that
-    follow the clock (time-of-use hours), reliability scores and providers'
-    verification.
+    snapshot this process keeps and brings up to date on every call:
+
+    - a lease made or ended since (an offer's generation moved) is seen at
+      once: only the leases of the offers that moved are read again;
+    - an offer listed or withdrawn, or a pool edited, is seen at once: the
+      market is read again;
+    - what follows the clock without touching the market (time-of-use prices,
+      reliability scores, providers' verification, an offer's terms) is read
+      again once the snapshot is ``CX_QUOTE_SNAPSHOT_SECONDS`` (2; 0 turns
+      the snapshot off) old, by one thread of the process while the others
+      keep answering from the snapshot they have: those may be that old.
+
+    One small aggregate statement per call tells which case holds.
     The engine is still given the real ``now``: leases that ended meanwhile
     hold nothing. The scheduling cycle never uses the snapshot: it reads the
     market afresh and re-verifies every placement under locks."""
@@ -174,35 +193,60 @@ def _snapshot(*, now: datetime) -> _Snapshot | None:
     if ttl <= 0:
         return None
     fingerprint = _market_fingerprint()
-    clock = time.monotonic()
     snapshot = _quote_snapshot
-    if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
-        with _snapshot_lock:  # threads of one process read the market once, not once each
-            snapshot = _quote_snapshot
-            if snapshot is None or snapshot.fingerprint != fingerprint or clock - snapshot.taken > ttl:
-                # Only leases made or ended (the same offers, none edited): the offer rows read
-                # less than the lifetime ago are kept and only the leases are read again.
-                keep = (
-                    snapshot is not None
-                    and snapshot.offers is not None
-                    and clock - snapshot.offers_taken <= ttl
-                    and _same_offers(snapshot.fingerprint, fingerprint)
-                )
-                offers = snapshot.offers if keep and snapshot is not None else _market_offers(now=now)
-                taken = snapshot.offers_taken if keep and snapshot is not None else clock
-                snapshot = _quote_snapshot = _Snapshot(
-                    taken=clock,
-                    fingerprint=fingerprint,
-                    inputs=engine_inputs(now=now, offers=offers),
-                    offers=offers,
-                    offers_taken=taken,
-                )
+    if snapshot is not None and snapshot.fingerprint == fingerprint:
+        if time.monotonic() - snapshot.taken <= ttl or not _refresh_lock.acquire(blocking=False):
+            return snapshot
+        try:  # this thread reads the market again; the others answer from the snapshot meanwhile
+            if _quote_snapshot is snapshot:
+                _quote_snapshot = _snapshot_read(now=now, fingerprint=fingerprint, leases_of=snapshot)
+            return _quote_snapshot
+        finally:
+            _refresh_lock.release()
+    with _snapshot_lock:  # the market moved: threads of one process bring it up to date once, not once each
+        snapshot = _quote_snapshot
+        if snapshot is None or snapshot.fingerprint != fingerprint:
+            if snapshot is not None and _same_offers(snapshot.fingerprint, fingerprint):
+                snapshot = _snapshot_leases_moved(snapshot, now=now, fingerprint=fingerprint)
+            else:
+                snapshot = _snapshot_read(now=now, fingerprint=fingerprint)
+            _quote_snapshot = snapshot
     return snapshot
 
 
 def _same_offers(before: tuple, after: tuple) -> bool:
     """Whether two fingerprints differ at most in their leases' generations."""
     return (before[0], before[1], before[3]) == (after[0], after[1], after[3])
+
+
+def _generations() -> dict[int, int]:
+    return dict(Offer.objects.filter(status=OfferStatus.ACTIVE).values_list("id", "generation"))
+
+
+def _snapshot_read(*, now: datetime, fingerprint: tuple, leases_of: _Snapshot | None = None) -> _Snapshot:
+    """The market read afresh (``leases_of``: a snapshot of the same
+    fingerprint, whose leases still hold: only the offers are read again)."""
+    if leases_of is not None:
+        generations, leases = leases_of.generations, leases_of.leases
+    else:
+        generations = _generations()  # before the leases: a lease made in between is read again next time
+        leases = _leases_by_offer(generations, now=now)
+    offers = _market_offers(now=now)
+    inputs = _inputs_from(offers, leases, now=now)
+    return _Snapshot(time.monotonic(), fingerprint, offers, generations, leases, inputs)
+
+
+def _snapshot_leases_moved(snapshot: _Snapshot, *, now: datetime, fingerprint: tuple) -> _Snapshot:
+    """The snapshot with the leases of the offers whose generation moved read again
+    (the offer rows and prices kept: those offers are the same)."""
+    generations = _generations()
+    moved = [pk for pk, generation in generations.items() if snapshot.generations.get(pk) != generation]
+    leases = {pk: held for pk, held in snapshot.leases.items() if pk in generations}
+    leases.update(_leases_by_offer(moved, now=now))
+    inputs = _inputs_from(snapshot.offers, leases, now=now, prices_at=snapshot.inputs, moved=set(moved))
+    return replace(
+        snapshot, fingerprint=fingerprint, generations=generations, leases=leases, inputs=inputs, market=None
+    )
 
 
 def quote_market(*, now: datetime) -> tuple[QuoteMarket, dict[str, Offer]]:
@@ -238,33 +282,18 @@ def _market_offers(*, now: datetime, hub: str | None = None) -> _MarketOffers:
     return _MarketOffers(offers, reliability_scores(sorted({o.pool.site.provider_id for o in offers}), now=now))
 
 
-def engine_inputs(
-    *,
-    now: datetime,
-    hub: str | None = None,
-    offers: _MarketOffers | None = None,
-) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
-    """The market for one cycle (one hub's with ``hub``): offers as the
-    engine's PoolOffers, holding leases as its Leases, and the Offer rows by
-    engine pool id. ``offers``: the offer rows already read
-    (copied here, so the rows of earlier inputs keep their utilisation)."""
-    if offers is None:
-        offers = _market_offers(now=now, hub=hub)
-    reliability = offers.reliability
-    by_key = {f"offer:{o.pk}": copy.copy(o) for o in offers.rows}
-    offers_list = list(by_key.values())
-    leases = list(
-        holding_leases(after=now)
-        .filter(offer_id__in=[o.pk for o in offers_list])
-        .values("id", "job_id", "job__buyer_id", "offer_id", "start", "end", "allocations", "interruptible", "ncu")
+def _leases_by_offer(offer_ids: Iterable[int], *, now: datetime) -> dict[int, list[engine.Lease]]:
+    """The holding leases of these offers that have not ended by ``now``, as the engine's Leases, by offer id."""
+    offer_ids = list(offer_ids)
+    by_offer: dict[int, list[engine.Lease]] = {pk: [] for pk in offer_ids}
+    if not offer_ids:
+        return by_offer
+    rows = holding_leases(offer_ids, after=now).values(
+        "id", "job_id", "job__buyer_id", "offer_id", "start", "end", "allocations", "interruptible", "ncu"
     )
-    held_ncu: dict[int, Decimal] = defaultdict(Decimal)
-    engine_leases: list[engine.Lease] = []
-    for row in leases:
+    for row in rows:
         holds = [Hold.from_record(r, row["start"], row["end"]) for r in row["allocations"]]
-        if row["start"] <= now:
-            held_ncu[row["offer_id"]] += row["ncu"]
-        engine_leases.append(
+        by_offer[row["offer_id"]].append(
             engine.Lease(
                 lease_id=str(row["id"]),
                 job_id=str(row["job_id"]),
@@ -277,46 +306,99 @@ def engine_inputs(
                 ncu=row["ncu"],
             )
         )
-    pool_offers = []
-    for key, offer in by_key.items():
-        pool = offer.pool
-        site = pool.site
-        shape = replace(pool.shape(), node_count=offer.nodes_offered)
-        total_ncu = pool_ncu(shape)
-        utilisation = min(Decimal(1), held_ncu[offer.pk] / total_ncu) if total_ncu else Decimal(0)
-        offer.utilisation = utilisation  # the quote prices interruptible offers from it
-        accelerator = pool.accelerator_model
-        pool_offers.append(
-            engine.PoolOffer(
-                pool_id=key,
-                identifier=pool.identifier,
-                provider_id=str(site.provider_id),
-                site_id=str(site.pk),
-                hub=site.hub,
-                city=site.city,
-                stack=pool.software_stack,
-                cpu_architecture=pool.cpu_architecture,
-                shape=shape,
-                node_memory_mib=pool.memory_gb_per_node * 1024,
-                node_storage_gib=pool.storage_gb_per_node,
-                unit_price=effective_unit_price(offer, at=now, utilisation=utilisation),
-                window_start=offer.window_start,
-                window_end=offer.window_end,
-                pricing_type=offer.pricing_type,
-                accelerator_memory_gib=(accelerator.memory_gb or Decimal(0)) if accelerator else Decimal(0),
-                unit_power_w=_unit_power(pool),
-                domestic=bool(accelerator.domestic) if accelerator else pool.cpu_model.domestic,
-                provider_verified=site.provider.verification_status == VerificationStatus.VERIFIED,
-                provider_reliability=reliability.get(site.provider_id, Decimal(1)),
-                pue=site.pue,
-                green_share=site.green_share,
-                grid_carbon_kg_per_kwh=site.grid_factor,
-                sharing_allowed=pool.sharing_allowed,
-                min_lease=hours(offer.min_lease_hours),
-                max_lease=hours(offer.max_lease_hours) if offer.max_lease_hours else None,
-            )
-        )
+    return by_offer
+
+
+def engine_inputs(
+    *,
+    now: datetime,
+    hub: str | None = None,
+    offers: _MarketOffers | None = None,
+) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
+    """The market for one cycle (one hub's with ``hub``): offers as the
+    engine's PoolOffers, holding leases as its Leases, and the Offer rows by
+    engine pool id. ``offers``: the offer rows already read
+    (copied here, so the rows of earlier inputs keep their utilisation)."""
+    if offers is None:
+        offers = _market_offers(now=now, hub=hub)
+    return _inputs_from(offers, _leases_by_offer([o.pk for o in offers.rows], now=now), now=now)
+
+
+def _inputs_from(
+    offers: _MarketOffers,
+    leases: dict[int, list[engine.Lease]],
+    *,
+    now: datetime,
+    prices_at: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]] | None = None,
+    moved: Collection[int] = (),
+) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
+    """The engine's inputs from offer rows and their leases. ``prices_at``:
+    earlier inputs of the same offer rows, whose PoolOffers (prices) and rows
+    are kept for the offers not in ``moved`` (a moved offer's utilisation,
+    and so an interruptible offer's price, follows its leases)."""
+    kept = {} if prices_at is None else {key: (pool_offer, prices_at[2][key]) for key, pool_offer in _keyed(prices_at)}
+    pool_offers: list[engine.PoolOffer] = []
+    by_key: dict[str, Offer] = {}
+    engine_leases: list[engine.Lease] = []
+    for row in offers.rows:
+        key = f"offer:{row.pk}"
+        held = leases.get(row.pk, [])
+        engine_leases.extend(held)
+        if key in kept and row.pk not in moved:
+            pool_offer, offer = kept[key]
+        else:
+            offer = copy.copy(row)  # each inputs' row keeps its own utilisation
+            held_ncu = sum((lease.ncu for lease in held if lease.start <= now), Decimal(0))
+            pool_offer = _pool_offer(key, offer, held_ncu=held_ncu, reliability=offers.reliability, now=now)
+        pool_offers.append(pool_offer)
+        by_key[key] = offer
     return pool_offers, engine_leases, by_key
+
+
+def _keyed(inputs: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]):
+    return ((pool_offer.pool_id, pool_offer) for pool_offer in inputs[0])
+
+
+def _pool_offer(
+    key: str, offer: Offer, *, held_ncu: Decimal, reliability: dict[int, Decimal], now: datetime
+) -> engine.PoolOffer:
+    """The engine's PoolOffer of an offer row; sets the row's ``utilisation``
+    (the share of its NCU held now: the quote prices interruptible offers from it)."""
+    pool = offer.pool
+    site = pool.site
+    shape = replace(pool.shape(), node_count=offer.nodes_offered)
+    total_ncu = pool_ncu(shape)
+    utilisation = min(Decimal(1), held_ncu / total_ncu) if total_ncu else Decimal(0)
+    offer.utilisation = utilisation
+    accelerator = pool.accelerator_model
+    return engine.PoolOffer(
+        pool_id=key,
+        identifier=pool.identifier,
+        provider_id=str(site.provider_id),
+        site_id=str(site.pk),
+        hub=site.hub,
+        city=site.city,
+        stack=pool.software_stack,
+        cpu_architecture=pool.cpu_architecture,
+        shape=shape,
+        node_memory_mib=pool.memory_gb_per_node * 1024,
+        node_storage_gib=pool.storage_gb_per_node,
+        unit_price=effective_unit_price(offer, at=now, utilisation=utilisation),
+        window_start=offer.window_start,
+        window_end=offer.window_end,
+        pricing_type=offer.pricing_type,
+        accelerator_memory_gib=(accelerator.memory_gb or Decimal(0)) if accelerator else Decimal(0),
+        unit_power_w=_unit_power(pool),
+        domestic=bool(accelerator.domestic) if accelerator else pool.cpu_model.domestic,
+        provider_verified=site.provider.verification_status == VerificationStatus.VERIFIED,
+        provider_reliability=reliability.get(site.provider_id, Decimal(1)),
+        pue=site.pue,
+        green_share=site.green_share,
+        grid_carbon_kg_per_kwh=site.grid_factor,
+        sharing_allowed=pool.sharing_allowed,
+        min_lease=hours(offer.min_lease_hours),
+        max_lease=hours(offer.max_lease_hours) if offer.max_lease_hours else None,
+    )
 
 
 def hours(value: Decimal) -> timedelta:

@@ -1,6 +1,8 @@
-"""Quotes reuse a market snapshot only while the market is unchanged: a
-lease made, an offer listed or a pool edited is seen by the next quote."""
+"""Quotes reuse a market snapshot brought up to date on every call: a lease
+made or ended, an offer listed or a pool edited is seen by the next quote;
+what follows the clock is read again once the snapshot is old."""
 
+import time
 from decimal import Decimal
 
 import pytest
@@ -8,6 +10,7 @@ from django.utils import timezone
 
 from marketplace import services as marketplace_services
 from scheduler import selectors, services
+from scheduler.models import Lease, LeaseStatus, Offer
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -52,20 +55,69 @@ def test_a_zero_lifetime_turns_the_snapshot_off(settings):
     assert selectors.quote_inputs(now=timezone.now()) is not selectors.quote_inputs(now=timezone.now())
 
 
-def test_when_only_leases_changed_the_offers_are_kept_and_the_leases_read_again(django_assert_max_num_queries):
+def test_when_only_leases_changed_only_the_moved_offers_leases_are_read_again(django_assert_max_num_queries):
     factories.market(pools=2, nodes=1)
     buyer = factories.buyer()
     first = selectors.quote_inputs(now=timezone.now())
     factories.submit(buyer)
     services.cycle_run()  # a lease on one of the offers
-    with django_assert_max_num_queries(2):  # the fingerprint and the leases
+    with django_assert_max_num_queries(3):  # the fingerprint, the offers' generations, the moved offer's leases
         again = selectors.quote_inputs(now=timezone.now())
     assert again is not first
     assert len(again[1]) == len(first[1]) + 1
-    # the rows of the earlier inputs keep their own utilisation
-    assert all(first[2][key] is not again[2][key] for key in first[2])
+    moved = {f"offer:{lease.offer_id}" for lease in Lease.objects.all()}
+    assert len(moved) == 1
+    for key in first[2]:
+        if key in moved:  # a row of its own: the earlier inputs' row keeps its utilisation
+            assert again[2][key] is not first[2][key]
+            assert again[2][key].utilisation == 1
+            assert first[2][key].utilisation == 0
+        else:
+            assert again[2][key] is first[2][key]
     options = services.quote_for(user=buyer, values=factories.job_values())["options"]
     assert len([o for o in options if o["assignment"].start <= timezone.now()]) == 1
+
+
+def test_inputs_brought_up_to_date_lease_by_lease_equal_inputs_read_afresh():
+    factories.market(pools=3, nodes=2)
+    buyers = [factories.buyer(), factories.buyer()]
+    selectors.quote_inputs(now=timezone.now())
+    for round_ in range(4):
+        for buyer in buyers:
+            factories.submit(buyer)
+        services.cycle_run()
+        if round_ == 2:  # a lease ends early: its offer moves too
+            lease = Lease.objects.order_by("id").first()
+            services.lease_transition(lease=lease, to=LeaseStatus.CANCELLED, actor=None, reason="test")
+        now = timezone.now()
+        kept, fresh = selectors.quote_inputs(now=now), selectors.engine_inputs(now=now)
+        assert sorted(kept[0], key=lambda p: p.pool_id) == sorted(fresh[0], key=lambda p: p.pool_id)
+        assert sorted(kept[1], key=lambda x: x.lease_id) == sorted(fresh[1], key=lambda x: x.lease_id)
+        assert {k: o.utilisation for k, o in kept[2].items()} == {k: o.utilisation for k, o in fresh[2].items()}
+
+
+def test_an_old_snapshot_of_an_unchanged_market_is_read_again(monkeypatch):
+    _provider, pools = factories.market(pools=1, nodes=1)
+    first = selectors.quote_inputs(now=timezone.now())
+    Offer.objects.filter(pool=pools[0]).update(list_price=Decimal("99.00"))  # terms: not in the fingerprint
+    assert selectors.quote_inputs(now=timezone.now()) is first
+    later = time.monotonic() + 3
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    again = selectors.quote_inputs(now=timezone.now())
+    assert again is not first
+    assert next(iter(again[2].values())).list_price == Decimal("99.00")
+
+
+def test_while_one_thread_reads_an_old_snapshot_again_the_others_answer_from_it(
+    monkeypatch, django_assert_max_num_queries
+):
+    factories.market(pools=1, nodes=1)
+    first = selectors.quote_inputs(now=timezone.now())
+    later = time.monotonic() + 3
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    # another thread is reading it again; this one asks the fingerprint only: no waiting, no reading
+    with selectors._refresh_lock, django_assert_max_num_queries(1):
+        assert selectors.quote_inputs(now=timezone.now()) is first
 
 
 def test_a_site_edited_meanwhile_is_quoted_with_its_new_carbon_at_once():

@@ -401,6 +401,32 @@ def _pool_offer(
     )
 
 
+@functools.cache
+def _buyer_facts_sql() -> str:
+    from billing.models import Charge
+    from vouchers.models import Voucher
+
+    charges, vouchers = Charge._meta.db_table, Voucher._meta.db_table  # the models' own tables, no input
+    charged = f'SELECT COALESCE(SUM("ncu_hours"), 0) FROM "{charges}" WHERE "buyer_id" = %s AND "created_at" >= %s'  # noqa: S608
+    held = '"holder_id" = %s AND "status" = %s AND "valid_from" <= %s AND "expires_at" > %s'
+    usable = f'SELECT 1 FROM "{vouchers}" WHERE {held}'  # noqa: S608
+    return f"SELECT ({charged}), EXISTS({usable})"
+
+
+def buyer_quote_facts(buyer_id: int, *, at: datetime) -> tuple[Decimal, bool]:
+    """What a quote needs of the buyer, in one statement: the NCU-hours it was
+    charged for this month (volume tiers: as :func:`billing.selectors.month_to_date_ncu_hours`)
+    and whether it holds a voucher usable at ``at`` (only then are its vouchers read)."""
+    from billing.selectors import month_start
+    from vouchers.models import VoucherStatus
+
+    with connection.cursor() as cursor:
+        cursor.execute(_buyer_facts_sql(), [buyer_id, month_start(at), buyer_id, VoucherStatus.ACTIVE, at, at])
+        charged, has_vouchers = cursor.fetchone()
+    # PostgreSQL sums decimals exactly; SQLite hands back a float, rounded here to the field's 4 places
+    return Decimal(str(charged)).quantize(Decimal("0.0001")), bool(has_vouchers)
+
+
 def hours(value: Decimal) -> timedelta:
     return timedelta(seconds=int(value * 3600))
 

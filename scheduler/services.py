@@ -769,8 +769,8 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     now = timezone.now()
     market, rows = selectors.quote_market(now=now)
     result = market.quote(job_spec(job), now=now, limit=limit)
-    month_to_date = month_to_date_ncu_hours(job.buyer_id, now)
-    vouchers = list(usable_vouchers(buyer_id=job.buyer_id, at=now)) if result.options else []
+    month_to_date, has_vouchers = selectors.buyer_quote_facts(job.buyer_id, at=now)
+    vouchers = list(usable_vouchers(buyer_id=job.buyer_id, at=now)) if result.options and has_vouchers else []
     options = []
     for option in result.options:
         offer = rows[option.pool_id]

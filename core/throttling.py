@@ -16,8 +16,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from django.http import HttpRequest
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
@@ -77,6 +79,13 @@ def _increment(key: str, window: int) -> int:
     """The request's number in its window; 0 when the cache cannot be
     reached (limits are for fairness: an outage of the cache lets requests through)."""
     try:
+        client = _redis_client(key)
+        if client is not None:  # one round trip: INCR, and the window's expiry set by the first
+            stored = caches["default"].make_and_validate_key(key)
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(stored)
+            pipe.expire(stored, window + 1, nx=True)
+            return int(pipe.execute()[0])
         for _ in range(3):
             cache.add(key, 0, timeout=window + 1)
             try:
@@ -86,6 +95,14 @@ def _increment(key: str, window: int) -> int:
     except Exception:
         logger.warning("rate limits not counted: the cache is unreachable", exc_info=True)
     return 0
+
+
+def _redis_client(key: str) -> Any:
+    """The Redis client behind Django's Redis cache, or None for another cache."""
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        return None
+    return backend._cache.get_client(key, write=True)
 
 
 def client_address(request: HttpRequest) -> str:

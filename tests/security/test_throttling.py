@@ -171,6 +171,7 @@ def test_counts_live_in_the_shared_redis_cache_so_every_api_process_sees_them(se
     keys = list(other_process.scan_iter(f"{prefix}:*throttle:quote:user-{user.pk}:*"))
     try:
         assert len(keys) == 1 and int(other_process.get(keys[0])) == 1
+        assert 0 < other_process.ttl(keys[0]) <= 61  # the window's counter expires with it
         other_process.incr(keys[0])  # a quote served by another worker
         assert_throttled(buyer.post("/api/v1/quotes", factories.job_values()), "quote")
     finally:

@@ -338,6 +338,22 @@ def test_listing_jobs_costs_a_constant_number_of_queries(buyer, django_assert_ma
         assert client.get("/api/v1/leases", {"limit": 100}).data["count"] == Lease.objects.count()
 
 
+def test_a_job_submitted_to_be_paid_with_vouchers_records_the_choice_between_submission_and_queueing(buyer):
+    from vouchers.models import JobVoucherChoice
+
+    factories.market(nodes=2)
+    response = post_job(buyer, use_vouchers=True)
+    assert response.status_code == 201 and response.data["status"] == "queued"
+    job = Job.objects.get(pk=response.data["id"])
+    assert JobVoucherChoice.objects.get(job=job).enabled
+    actions = AuditEntry.objects.filter(entity_type="scheduler.job", entity_id=str(job.pk)).order_by("id")
+    assert list(actions.values_list("action", "to_state")) == [
+        ("job.submitted", "submitted"),
+        ("job.vouchers_chosen", ""),
+        ("job.transition", "queued"),
+    ]
+
+
 def test_bad_paging_is_a_400_not_a_500(buyer):
     response = client_for(buyer).get(JOBS, {"limit": "all"})
     assert response.status_code == 400

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import Page, paginate, query_filters
+from core.api import FieldsBuiltOnce, Page, paginate, query_filters
 from core.errors import InvalidInput
 from core.permissions import IsBuyer, IsMember, IsProvider
 from core.schema import error_response
@@ -144,7 +144,7 @@ def _within_horizon(moment: datetime | None) -> datetime | None:
     return moment
 
 
-class JobInput(serializers.Serializer):
+class JobInput(FieldsBuiltOnce, serializers.Serializer):
     name = serializers.CharField(max_length=200)
     image = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     command = serializers.ListField(child=serializers.CharField(max_length=4000), max_length=256, default=list)
@@ -240,7 +240,7 @@ class LeaseOutput(serializers.ModelSerializer):
         )
 
 
-class JobOutput(serializers.ModelSerializer):
+class JobOutput(FieldsBuiltOnce, serializers.ModelSerializer):
     lease = serializers.SerializerMethodField()
 
     class Meta:

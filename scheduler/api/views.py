@@ -285,6 +285,8 @@ class JobOutput(FieldsBuiltOnce, serializers.ModelSerializer):
         )
 
     def get_lease(self, job: Job) -> dict[str, Any] | None:
+        if self.context.get("just_submitted"):  # the job was written in this request: no lease yet
+            return None
         lease = next(iter(sorted(job.leases.all(), key=lambda lease: -lease.pk)), None)
         return LeaseOutput(lease).data if lease is not None else None
 
@@ -314,7 +316,7 @@ class JobListView(APIView):
         values = dict(data.validated_data)
         use_vouchers = values.pop("use_vouchers")
         job = services.job_submit(user=request.user, values=values, use_vouchers=use_vouchers)
-        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+        return Response(JobOutput(job, context={"just_submitted": True}).data, status=status.HTTP_201_CREATED)
 
     throttle_scopes = {"POST": "submit"}  # submissions are rate-limited per buyer; reading is not
 

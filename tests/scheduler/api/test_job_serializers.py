@@ -55,3 +55,10 @@ def test_job_output_is_what_drf_builds(buyer):
     for job in Job.objects.filter(pk__in=[queued.pk, placed.pk]).prefetch_related("leases__pool"):
         assert JobOutput(job).data == FreshJobOutput(job).data
     assert any(JobOutput(job).data["lease"] for job in Job.objects.prefetch_related("leases__pool"))
+
+
+def test_a_job_just_submitted_is_shown_without_reading_its_leases(buyer, django_assert_num_queries):
+    factories.market(nodes=2)
+    job = factories.submit(buyer)
+    with django_assert_num_queries(0):
+        assert JobOutput(job, context={"just_submitted": True}).data["lease"] is None

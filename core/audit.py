@@ -117,6 +117,7 @@ def audit_many(entries: list[dict[str, Any]], *, actor: Any | None = None) -> No
 
 
 INSERT_BATCH = 1000
+FEW = 16  # up to this many entries are sent as rows of values, more as one array per column
 
 
 @functools.cache
@@ -125,16 +126,24 @@ def _inserted_fields() -> tuple[models.Field, ...]:
     return tuple(field for field in AuditEntry._meta.concrete_fields if not field.primary_key)
 
 
-@functools.cache
-def _insert_statement() -> str:
-    """PostgreSQL: insert entries given column by column (one array each) and
-    put them on the pending list, in one statement."""
+@functools.lru_cache(maxsize=FEW + 1)
+def _insert_statement(count: int) -> str:
+    """PostgreSQL: insert ``count`` entries and put them on the pending list,
+    in one statement. A few entries (a request's) are given row by row, which
+    costs least to send; many (a scheduling cycle's) as one array per column,
+    which costs least for many (``count`` 0: any number)."""
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in _inserted_fields())
-    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in _inserted_fields())
+    fields = _inserted_fields()
+    if count:
+        one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        source = "VALUES " + ", ".join([one_row] * count)
+    else:
+        arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+        source = f"SELECT * FROM UNNEST({arrays})"  # noqa: S608 - the columns' own types
+    columns = ", ".join(quote(field.column) for field in fields)
     entries, pending = quote(AuditEntry._meta.db_table), quote(AuditPending._meta.db_table)
     return (
-        f"WITH entry AS (INSERT INTO {entries} ({columns}) SELECT * FROM UNNEST({arrays}) RETURNING id) "  # noqa: S608 - the model's own names; the values are parameters
+        f"WITH entry AS (INSERT INTO {entries} ({columns}) {source} RETURNING id) "  # noqa: S608 - the model's own names; the values are parameters
         f"INSERT INTO {pending} (entry_id) SELECT id FROM entry RETURNING entry_id"
     )
 
@@ -154,11 +163,14 @@ def _insert(rows: list[AuditEntry]) -> None:
         with connection.cursor() as cursor:
             for start in range(0, len(rows), INSERT_BATCH):
                 batch = rows[start : start + INSERT_BATCH]
-                columns = [
-                    [field.get_db_prep_save(getattr(row, field.attname), connection) for row in batch]
-                    for field in fields
+                values = [
+                    [field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields]
+                    for row in batch
                 ]
-                cursor.execute(_insert_statement(), columns)
+                if len(batch) <= FEW:
+                    cursor.execute(_insert_statement(len(batch)), [value for row in values for value in row])
+                else:
+                    cursor.execute(_insert_statement(0), [list(column) for column in zip(*values, strict=True)])
                 for row, entry_id in zip(batch, sorted(entry_id for (entry_id,) in cursor.fetchall()), strict=True):
                     row.pk = entry_id
                     row._state.adding = False

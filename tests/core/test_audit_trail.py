@@ -235,6 +235,20 @@ def test_entries_written_together_get_ids_in_their_order_and_read_back_as_writte
     assert verify()[0] == 0
 
 
+def test_a_batch_larger_than_one_statement_keeps_every_entry_in_order(market_activity):
+    from core.audit import FEW, INSERT_BATCH
+
+    provider, _buyer = market_activity
+    count = INSERT_BATCH + FEW - 1  # a statement of column arrays, then one of rows of values
+    audit_many(
+        [{"action": "test.order", "entity": provider, "reason": f"#{i}", "data": {"i": i}} for i in range(count)]
+    )
+    rows = list(AuditEntry.objects.filter(action="test.order").order_by("id").values_list("reason", "data"))
+    assert rows == [(f"#{i}", {"i": i}) for i in range(count)]
+    assert AuditPending.objects.filter(entry__action="test.order").count() == count
+    assert verify()[0] == 0
+
+
 def test_a_change_whose_entry_cannot_be_written_does_not_commit(market_activity):
     provider, _buyer = market_activity
     before = AuditEntry.objects.count()

@@ -4,13 +4,17 @@ Every service that changes the state of an important object records it with
 :func:`audit_record` or :func:`audit_many`, inside its own transaction. Each
 entry gets the hash of its content at insert and a row in the pending list;
 nothing is locked, so a long scheduling cycle writing ten thousand entries
-holds up no one. :func:`audit_seal` then appends the committed entries to the
-hash chain in its own short transaction under one lock (the beat runs it
-every few seconds); :func:`audit_verify` walks the chain.
+holds up no one. Inside a caller's transaction an entry takes no savepoint
+of its own: if it cannot be written, the whole transaction fails, so no
+change commits without its entry. :func:`audit_seal` then appends the
+committed entries to the hash chain in its own short transaction under one
+lock (the beat runs it every few seconds); :func:`audit_verify` walks the
+chain.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,9 +101,7 @@ def audit_record(
         reason=reason,
         data=data,
     )
-    with transaction.atomic():
-        entry.save(force_insert=True)
-        AuditPending.objects.create(entry=entry)
+    _insert([entry])
     return entry
 
 
@@ -111,21 +113,68 @@ def audit_many(entries: list[dict[str, Any]], *, actor: Any | None = None) -> No
     user, label = _actor(actor)
     now = timezone.now()
     rows = [_entry(actor=user, label=label, at=now, **entry) for entry in entries]
-    with transaction.atomic():
-        AuditEntry.objects.bulk_create(rows, batch_size=1000)
-        _pending([row.pk for row in rows])
+    _insert(rows)
 
 
-def _pending(entry_ids: list[int]) -> None:
-    """Put entries on the list awaiting their seal (one statement on PostgreSQL)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {AuditPending._meta.db_table} (entry_id) SELECT unnest(%s::bigint[])",
-                [entry_ids],
-            )
+INSERT_BATCH = 1000
+FEW = 16  # up to this many entries are sent as rows of values, more as one array per column
+
+
+@functools.cache
+def _inserted_fields() -> tuple[models.Field, ...]:
+    """The columns an entry is inserted with: all but its id, which the database draws."""
+    return tuple(field for field in AuditEntry._meta.concrete_fields if not field.primary_key)
+
+
+@functools.lru_cache(maxsize=FEW + 1)
+def _insert_statement(count: int) -> str:
+    """PostgreSQL: insert ``count`` entries and put them on the pending list,
+    in one statement. A few entries (a request's) are given row by row, which
+    costs least to send; many (a scheduling cycle's) as one array per column,
+    which costs least for many (``count`` 0: any number)."""
+    quote = connection.ops.quote_name
+    fields = _inserted_fields()
+    if count:
+        one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        source = "VALUES " + ", ".join([one_row] * count)
     else:
-        AuditPending.objects.bulk_create([AuditPending(entry_id=i) for i in entry_ids], batch_size=5000)
+        arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+        source = f"SELECT * FROM UNNEST({arrays})"  # noqa: S608 - the columns' own types
+    columns = ", ".join(quote(field.column) for field in fields)
+    entries, pending = quote(AuditEntry._meta.db_table), quote(AuditPending._meta.db_table)
+    return (
+        f"WITH entry AS (INSERT INTO {entries} ({columns}) {source} RETURNING id) "  # noqa: S608 - the model's own names; the values are parameters
+        f"INSERT INTO {pending} (entry_id) SELECT id FROM entry RETURNING entry_id"
+    )
+
+
+def _insert(rows: list[AuditEntry]) -> None:
+    """Insert entries and put them on the list awaiting their seal, in one
+    transaction (within the caller's, with no savepoint of its own: if this
+    fails, the caller's whole transaction does). On PostgreSQL one statement
+    per ``INSERT_BATCH`` entries, the entries' insert feeding the pending
+    list's; the ids, drawn in the order of the rows, are set on ``rows``."""
+    with transaction.atomic(savepoint=False):
+        if connection.vendor != "postgresql":
+            AuditEntry.objects.bulk_create(rows, batch_size=INSERT_BATCH)
+            AuditPending.objects.bulk_create([AuditPending(entry_id=row.pk) for row in rows], batch_size=5000)
+            return
+        fields = _inserted_fields()
+        with connection.cursor() as cursor:
+            for start in range(0, len(rows), INSERT_BATCH):
+                batch = rows[start : start + INSERT_BATCH]
+                values = [
+                    [field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields]
+                    for row in batch
+                ]
+                if len(batch) <= FEW:
+                    cursor.execute(_insert_statement(len(batch)), [value for row in values for value in row])
+                else:
+                    cursor.execute(_insert_statement(0), [list(column) for column in zip(*values, strict=True)])
+                for row, entry_id in zip(batch, sorted(entry_id for (entry_id,) in cursor.fetchall()), strict=True):
+                    row.pk = entry_id
+                    row._state.adding = False
+                    row._state.db = connection.alias
 
 
 def audit_login(sender: Any, *, request: Any, user: Any, **kwargs: Any) -> None:

@@ -331,28 +331,55 @@ def job_draft(*, user: User, values: dict[str, Any]) -> Job:
 
 def job_submit(*, user: User, values: dict[str, Any], use_vouchers: bool = False) -> Job:
     """Submit a job: validated, refused at once with the reason if no pool of
-    the market could ever run it, else queued for the scheduler."""
+    the market could ever run it, else queued for the scheduler.
+
+    A job that passes the check is queued at once, so it is written queued:
+    one INSERT, not an INSERT then :func:`job_transition`'s read, conditional
+    UPDATE and re-read of a row no one else can see before the commit. Its
+    trail is what the transition writes: ``job.submitted``, then
+    ``job.transition`` submitted → queued with the check's verdict as the
+    reason, both in one batch."""
     _require_buyer(user)
     job = job_draft(user=user, values=values)
     now = timezone.now()
     market, _rows = selectors.quote_market(now=now)
     explanation = market.check_submission(job_spec(job), now=now)
     with transaction.atomic():
-        job.save()
-        audit_record(
-            actor=user,
-            action="job.submitted",
-            entity=job,
-            to_state=JobStatus.SUBMITTED,
-            data={"explanation": explanation.as_dict()},
-        )
-        if use_vouchers:
+        job.status, job.queued_at = JobStatus.QUEUED, timezone.now()
+        job.save(force_insert=True)
+        trail = _submission_trail(job, reason=explanation.message, explanation=explanation.as_dict())
+        if use_vouchers:  # the choice is recorded between the submission and the queueing, as it is made
             from vouchers.services import job_voucher_choose
 
+            audit_many(trail[:1], actor=user)
             job_voucher_choose(job=job, enabled=True, actor=user)
-        job = job_transition(job=job, to=JobStatus.QUEUED, actor=user, reason=explanation.message)
+            audit_many(trail[1:], actor=user)
+        else:
+            audit_many(trail, actor=user)
         transaction.on_commit(_kick_scheduler)
     return job
+
+
+def _submission_trail(job: Job, *, reason: str, explanation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The audit entries of a job submitted and queued: the submission, and
+    the transition submitted → queued (one the transition table allows)."""
+    if JobStatus.QUEUED not in JOB_TRANSITIONS[JobStatus.SUBMITTED]:
+        raise IllegalTransition(entity=f"Job {job.pk}", current=JobStatus.SUBMITTED, target=JobStatus.QUEUED)
+    return [
+        {
+            "action": "job.submitted",
+            "entity": job,
+            "to_state": JobStatus.SUBMITTED,
+            "data": {"explanation": explanation},
+        },
+        {
+            "action": "job.transition",
+            "entity": job,
+            "from_state": JobStatus.SUBMITTED,
+            "to_state": JobStatus.QUEUED,
+            "reason": reason,
+        },
+    ]
 
 
 def job_cancel(*, job: Job, actor: User, reason: str = "") -> Job:

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import FlatSerializer, Page, paginate, query_filters
+from core.api import FieldsBuiltOnce, Page, paginate, query_filters
 from core.errors import InvalidInput
 from core.permissions import IsBuyer, IsMember, IsProvider
 from core.schema import error_response
@@ -144,7 +144,7 @@ def _within_horizon(moment: datetime | None) -> datetime | None:
     return moment
 
 
-class JobInput(FlatSerializer):
+class JobInput(FieldsBuiltOnce, serializers.Serializer):
     name = serializers.CharField(max_length=200)
     image = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     command = serializers.ListField(child=serializers.CharField(max_length=4000), max_length=256, default=list)
@@ -240,7 +240,7 @@ class LeaseOutput(serializers.ModelSerializer):
         )
 
 
-class JobOutput(serializers.ModelSerializer):
+class JobOutput(FieldsBuiltOnce, serializers.ModelSerializer):
     lease = serializers.SerializerMethodField()
 
     class Meta:
@@ -285,6 +285,8 @@ class JobOutput(serializers.ModelSerializer):
         )
 
     def get_lease(self, job: Job) -> dict[str, Any] | None:
+        if self.context.get("just_submitted"):  # the job was written in this request: no lease yet
+            return None
         lease = next(iter(sorted(job.leases.all(), key=lambda lease: -lease.pk)), None)
         return LeaseOutput(lease).data if lease is not None else None
 
@@ -314,7 +316,7 @@ class JobListView(APIView):
         values = dict(data.validated_data)
         use_vouchers = values.pop("use_vouchers")
         job = services.job_submit(user=request.user, values=values, use_vouchers=use_vouchers)
-        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+        return Response(JobOutput(job, context={"just_submitted": True}).data, status=status.HTTP_201_CREATED)
 
     throttle_scopes = {"POST": "submit"}  # submissions are rate-limited per buyer; reading is not
 

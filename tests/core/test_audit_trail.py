@@ -213,6 +213,54 @@ def test_audit_many_writes_a_cycles_entries_hashed_and_pending(market_activity):
     assert verify()[0] == 0
 
 
+def test_entries_written_together_get_ids_in_their_order_and_read_back_as_written(market_activity):
+    provider, buyer = market_activity
+    entries = [
+        {"action": "test.first", "entity": provider, "to_state": "a", "data": {"note": "50% off", "n": [1, 2.5]}},
+        {"action": "test.second", "entity": provider, "from_state": "a", "to_state": "b", "reason": "it's ok"},
+        {"action": "test.third", "entity": buyer, "data": {"nested": {"x": None, "y": "ü"}}},
+    ]
+    audit_many(entries, actor=buyer)
+    rows = list(AuditEntry.objects.filter(action__startswith="test.").order_by("id"))
+    assert [row.action for row in rows] == ["test.first", "test.second", "test.third"]
+    assert rows[0].data == {"note": "50% off", "n": [1, 2.5]} and rows[1].reason == "it's ok"
+    assert {row.actor_id for row in rows} == {buyer.pk}
+    assert set(AuditPending.objects.values_list("entry_id", flat=True)) >= {row.pk for row in rows}
+
+    single = audit_record(actor=None, action="test.single", entity=provider, data={"k": 1})
+    assert single.pk == AuditEntry.objects.get(action="test.single").pk > rows[-1].pk
+    assert AuditPending.objects.filter(entry_id=single.pk).exists()
+    with pytest.raises(AppendOnly):
+        single.save()
+    assert verify()[0] == 0
+
+
+def test_a_batch_larger_than_one_statement_keeps_every_entry_in_order(market_activity):
+    from core.audit import FEW, INSERT_BATCH
+
+    provider, _buyer = market_activity
+    count = INSERT_BATCH + FEW - 1  # a statement of column arrays, then one of rows of values
+    audit_many(
+        [{"action": "test.order", "entity": provider, "reason": f"#{i}", "data": {"i": i}} for i in range(count)]
+    )
+    rows = list(AuditEntry.objects.filter(action="test.order").order_by("id").values_list("reason", "data"))
+    assert rows == [(f"#{i}", {"i": i}) for i in range(count)]
+    assert AuditPending.objects.filter(entry__action="test.order").count() == count
+    assert verify()[0] == 0
+
+
+@pytest.mark.postgres  # SQLite does not hold text to its column's length
+def test_a_change_whose_entry_cannot_be_written_does_not_commit(market_activity):
+    provider, _buyer = market_activity
+    before = AuditEntry.objects.count()
+    with transaction.atomic():
+        audit_record(actor=None, action="test.kept-only-with-the-next", entity=provider)
+        with pytest.raises(DatabaseError):
+            audit_record(actor=None, action="x" * 65, entity=provider)  # longer than the column
+    assert AuditEntry.objects.count() == before, "the whole transaction rolled back, the first entry with it"
+    assert verify()[0] == 0
+
+
 def test_sign_ins_through_the_api_and_the_console_are_audited(operator, buyer, api):
     operator.set_password("pw-operator-1")
     operator.save()

@@ -4,6 +4,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from core.models import AuditEntry
@@ -336,6 +338,50 @@ def test_listing_jobs_costs_a_constant_number_of_queries(buyer, django_assert_ma
     assert sum(1 for j in response.data["results"] if j["lease"]) == Lease.objects.count()
     with django_assert_max_num_queries(4):
         assert client.get("/api/v1/leases", {"limit": 100}).data["count"] == Lease.objects.count()
+
+
+@pytest.mark.postgres  # the one-statement trail is PostgreSQL's path (SQLite writes the pending rows apart)
+def test_submitting_a_job_writes_the_job_once_and_its_trail_in_one_statement(buyer):
+    factories.market(nodes=2)
+    client = client_for(buyer)
+    assert post_job(buyer, name="warm-up").status_code == 201  # the market snapshot is read once, then reused
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(JOBS, _json(factories.job_values(name="measured")), format="json")
+    assert response.status_code == 201 and response.data["status"] == "queued" and response.data["lease"] is None
+    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    writes = [sql for sql in statements if not sql.startswith("SELECT")]
+    assert len(writes) == 2, writes
+    assert writes[0].startswith('INSERT INTO "scheduler_job"')
+    assert "core_auditentry" in writes[1] and "core_auditpending" in writes[1], "entries and their pending rows"
+    reads = [sql for sql in statements if sql.startswith("SELECT")]
+    assert not any('"scheduler_job"' in sql or '"scheduler_lease"' in sql for sql in reads), "no job or lease read back"
+    assert len(statements) <= 3, statements  # and the market snapshot's check
+
+    job = Job.objects.get(pk=response.data["id"])
+    assert job.status == "queued" and job.queued_at is not None
+    assert response.data["queued_at"] and response.data["status_changed_at"] and response.data["created_at"]
+    trail = AuditEntry.objects.filter(entity_type="scheduler.job", entity_id=str(job.pk)).order_by("id")
+    assert list(trail.values_list("action", "from_state", "to_state", "actor_label")) == [
+        ("job.submitted", "", "submitted", buyer.username),
+        ("job.transition", "submitted", "queued", buyer.username),
+    ]
+    assert trail[0].data["explanation"]["message"] == trail[1].reason and trail[1].reason.startswith("1/1 pools fit")
+
+
+def test_a_job_submitted_to_be_paid_with_vouchers_records_the_choice_between_submission_and_queueing(buyer):
+    from vouchers.models import JobVoucherChoice
+
+    factories.market(nodes=2)
+    response = post_job(buyer, use_vouchers=True)
+    assert response.status_code == 201 and response.data["status"] == "queued"
+    job = Job.objects.get(pk=response.data["id"])
+    assert JobVoucherChoice.objects.get(job=job).enabled
+    actions = AuditEntry.objects.filter(entity_type="scheduler.job", entity_id=str(job.pk)).order_by("id")
+    assert list(actions.values_list("action", "to_state")) == [
+        ("job.submitted", "submitted"),
+        ("job.vouchers_chosen", ""),
+        ("job.transition", "queued"),
+    ]
 
 
 def test_bad_paging_is_a_400_not_a_500(buyer):

@@ -1,14 +1,11 @@
-"""A flat serializer's shallow field copies validate exactly as DRF's deep
+"""Fields built once per class validate exactly as DRF's per-instance deep
 copies do: the same values, the same errors, request after request."""
 
 import copy
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rest_framework import serializers
 
-from core.api import FlatSerializer
 from scheduler.api.views import JobInput
 
 
@@ -53,15 +50,3 @@ def test_a_field_of_one_request_keeps_nothing_for_the_next():
     assert good.is_valid(), good.errors
     assert good.validated_data["allowed_hubs"] == ["GZ"]
     assert good.fields["nodes"].parent is good and bad.fields["nodes"].parent is bad
-
-
-def test_a_flat_serializer_refuses_nested_serializers():
-    with pytest.raises(TypeError, match="nested"):
-
-        class Nested(FlatSerializer):
-            inner = JobInput()
-
-    class Plain(FlatSerializer):
-        n = serializers.IntegerField()
-
-    assert Plain(data={"n": "3"}).is_valid()

@@ -127,6 +127,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -158,6 +159,7 @@ from scheduler.domain.demand import (
     static_reason,
 )
 from scheduler.domain.packing import (
+    WHOLE_DEVICE_MILLI,
     Cluster,
     NodeShape,
     NodeState,
@@ -195,6 +197,7 @@ WHOLE_NODE_SHARE = 0.2  # of the workload mix: whole-node demands, one per node 
 _CHUNK = 64  # pools listed for the exact checks at first (then all the rest), best first
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
+_WINDOWS_KEPT = 64  # windows of one pool kept indexed (see _PoolState.window)
 
 _ARCH_IDS = {arch: i for i, arch in enumerate(CpuArchitecture)}
 _HUB_IDS = {code: i for i, code in enumerate(HUBS)}
@@ -368,7 +371,6 @@ class _Commitment:
         end: int,
         placement: Placement,
         demand: SliceDemand,
-        *,
         kind: str,
         lease_id: str | None = None,
         job_id: str = "",
@@ -387,11 +389,19 @@ class _Commitment:
 
 
 class _PoolState:
-    """The nodes of one pool: free capacity outside the market, and the market's commitments on each node."""
+    """The nodes of one pool: free capacity outside the market, and the market's commitments on each node.
+
+    What depends only on the commitments is kept until they change: the free capacity now (as arrays, and as
+    nodes once a placement needs them), the distinct ends of the commitments, and the nodes' least free
+    capacity over a window (:meth:`window`)."""
 
     __slots__ = (
+        "_arrays",
         "_cluster",
+        "_ends",
+        "_events",
         "_now",
+        "_windows",
         "base",
         "commitments",
         "facts",
@@ -405,15 +415,20 @@ class _PoolState:
         self.facts = facts
         self.now = now
         given = facts.pool.nodes
+        # never changed in place (states derived from them are copies), so whole nodes share one object
         self.base = (
             [node.copy() for node in given]
             if given is not None
-            else [NodeState.empty(facts.node_shape) for _ in range(facts.nodes_offered)]
+            else [NodeState.empty(facts.node_shape)] * facts.nodes_offered
         )
         self.commitments: list[list[_Commitment]] = [[] for _ in self.base]
         self.future_start = _NEVER  # earliest start of a commitment that starts after now
         self._cluster: Cluster | None = None
         self._now: list[NodeState] | None = None  # free capacity now (the cluster's nodes, once it exists)
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # free capacity now, see free_now
+        self._ends: list[int] | None = None  # distinct ends of the commitments, ascending
+        self._events: list[int] | None = None  # distinct starts and ends of the commitments, ascending
+        self._windows: dict[tuple[int, int], Cluster] = {}  # see window()
         self.pristine = given is None  # every node whole and nothing committed
         self.interruptible = 0  # interruptible lease commitments held (candidates for preemption)
 
@@ -422,6 +437,9 @@ class _PoolState:
             raise ValueError(f"pool {self.facts.pool.pool_id} has no node {node}")
         self.commitments[node].append(commitment)
         self.pristine = False
+        self._arrays = self._ends = self._events = None
+        if self._windows:
+            self._windows = {}
         if commitment.interruptible and commitment.kind == "lease":
             self.interruptible += 1
         if commitment.start > self.now:
@@ -443,6 +461,8 @@ class _PoolState:
         )
         self._cluster = None
         self._now = None
+        self._arrays = self._ends = self._events = None
+        self._windows = {}
         return removed
 
     def state_between(self, node: int, start: int, end: int, exclude: frozenset[str] = frozenset()) -> NodeState:
@@ -466,12 +486,55 @@ class _PoolState:
                 c_cpu, c_memory, c_used = _usage(at, devices)
                 cpu, memory = max(cpu, c_cpu), max(memory, c_memory)
                 used = [max(a, b) for a, b in zip(used, c_used, strict=True)]
-        return NodeState(
-            base.shape,
-            max(0, base.free_cpu_milli - cpu),
-            max(0, base.free_memory_mib - memory),
-            [max(0, f - u) for f, u in zip(base.free_milli, used, strict=True)],
-        )
+        return base.less(cpu, memory, used)
+
+    def free_now(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The nodes' free capacity now as arrays: CPU and memory per node, share per node and device (the
+        state :meth:`now_nodes` holds, computed from the commitments without building the nodes)."""
+        if self._arrays is None:
+            devices = self.facts.node_shape.accelerators
+            if self._now is not None:
+                self._arrays = _free_arrays(self._now, devices)
+            else:
+                self._arrays = self._free_from_commitments(devices)
+        return self._arrays
+
+    def _free_from_commitments(self, devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(self.base)
+        if self.facts.pool.nodes is None:
+            shape = self.facts.node_shape
+            cpu = np.full(n, shape.cpu_milli, dtype=np.int64)
+            memory = np.full(n, shape.memory_mib, dtype=np.int64)
+            free = np.full((n, devices), WHOLE_DEVICE_MILLI, dtype=np.int64)
+        else:
+            cpu, memory, free = _free_arrays(self.base, devices)
+        now = self.now
+        rows: list[int] = []
+        cpu_used: list[int] = []
+        memory_used: list[int] = []
+        cells: list[int] = []
+        shares: list[int] = []
+        for i, held in enumerate(self.commitments):
+            for c in held:
+                if c.start <= now < c.end:
+                    rows.append(i)
+                    cpu_used.append(c.demand.cpu_milli)
+                    memory_used.append(c.demand.memory_mib)
+                    placement = c.placement
+                    for d in placement.devices:
+                        if 0 <= d < devices:
+                            cells.append(i * devices + d)
+                            shares.append(placement.accelerator_milli)
+        if rows:  # sums of small integers: exact in float64
+            cpu -= np.bincount(rows, weights=cpu_used, minlength=n).astype(np.int64)
+            memory -= np.bincount(rows, weights=memory_used, minlength=n).astype(np.int64)
+            np.maximum(cpu, 0, out=cpu)
+            np.maximum(memory, 0, out=memory)
+        if cells:
+            flat = free.reshape(-1)
+            flat -= np.bincount(cells, weights=shares, minlength=flat.size).astype(np.int64)
+            np.maximum(free, 0, out=free)
+        return cpu, memory, free
 
     def cluster(self) -> Cluster:
         """The nodes' free capacity now, indexed by the packing module (built when first needed)."""
@@ -481,9 +544,27 @@ class _PoolState:
         return self._cluster
 
     def now_nodes(self) -> list[NodeState]:
+        """Each node's free capacity now: ``state_between(node, now, now + 1)`` (from :meth:`free_now`)."""
         if self._now is None:
-            self._now = [self.state_between(i, self.now, self.now + 1) for i in range(len(self.base))]
+            cpu, memory, free = self.free_now()
+            self._now = NodeState.many(self.facts.node_shape, cpu.tolist(), memory.tolist(), free.tolist())
         return self._now
+
+    def window(self, start: int, end: int) -> Cluster:
+        """The nodes' least free capacity over [start, end) (:meth:`state_between` of each node), indexed by
+        the packing module; never changed. It depends only on which commitments start or end before ``start``
+        and before ``end``, so it is kept by those two counts until the commitments change."""
+        events = self._events
+        if events is None:
+            events = self._events = sorted({t for held in self.commitments for c in held for t in (c.start, c.end)})
+        key = (bisect_right(events, start), bisect_left(events, end))
+        cluster = self._windows.get(key)
+        if cluster is None:
+            if len(self._windows) >= _WINDOWS_KEPT:
+                self._windows = {}
+            nodes = [self.state_between(i, start, end) for i in range(len(self.base))]
+            cluster = self._windows[key] = Cluster(nodes)
+        return cluster
 
     def place(
         self,
@@ -503,13 +584,13 @@ class _PoolState:
             devices = (0,) if demand.accelerator_milli else tuple(range(demand.accelerators))
             milli = demand.accelerator_milli or (1000 if demand.accelerators else 0)
             return tuple(Placement(i, devices, milli) for i in range(count)), self.base
-        if start == self.now and end <= self.future_start and not exclude:
-            cluster = self.cluster()
-            placed = cluster.place_gang(demand, count, policy=policy, mix=mix)
-            return None if placed is None else (placed, cluster.nodes)
-        nodes = [self.state_between(i, start, end, exclude) for i in range(len(self.base))]
-        placed = place_gang(nodes, demand, count, policy=policy, mix=mix)
-        return None if placed is None else (placed, nodes)
+        if exclude:
+            nodes = [self.state_between(i, start, end, exclude) for i in range(len(self.base))]
+            placed = place_gang(nodes, demand, count, policy=policy, mix=mix)
+            return None if placed is None else (placed, nodes)
+        cluster = self.cluster() if start == self.now and end <= self.future_start else self.window(start, end)
+        placed = cluster.place_gang(demand, count, policy=policy, mix=mix)
+        return None if placed is None else (placed, cluster.nodes)
 
     def feasible(
         self, demand: SliceDemand, count: int, start: int, end: int, exclude: frozenset[str] = frozenset()
@@ -519,6 +600,8 @@ class _PoolState:
             return count <= len(self.base) and self.base[0].fits(demand)
         if start == self.now and end <= self.future_start and not exclude:
             nodes: Iterable[NodeState] = self.now_nodes()
+        elif not exclude:
+            return int(np.count_nonzero(self.window(start, end).feasible(demand))) >= count
         else:
             nodes = (self.state_between(i, start, end, exclude) for i in range(len(self.base)))
         fitting = 0
@@ -540,9 +623,12 @@ class _PoolState:
         policy: str,
         mix: WorkloadMix | None,
     ) -> tuple[int, tuple[Placement, ...], list[NodeState]] | None:
-        """The earliest start >= ready (ending by ``limit``) at which the gang fits, with its placement."""
-        ends = {c.end for held in self.commitments for c in held if c.end > ready}
-        for start in sorted({ready} | ends):
+        """The earliest start >= ready (ending by ``limit``) at which the gang fits, with its placement:
+        ``ready`` or the end of a commitment (free capacity only grows when a commitment ends)."""
+        ends = self._ends
+        if ends is None:
+            ends = self._ends = sorted({c.end for held in self.commitments for c in held})
+        for start in [ready, *ends[bisect_right(ends, ready) :]]:
             if start + duration > limit:
                 break
             if not self.feasible(demand, count, start, start + duration):
@@ -561,6 +647,15 @@ class _PoolState:
                 if c.kind == "lease" and c.interruptible and c.lease_id and c.start < end and c.end > start:
                     found.setdefault(c.lease_id, []).append(c)
         return found
+
+
+def _free_arrays(nodes: Sequence[NodeState], devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Free CPU and memory per node and free share per node and device, as (new) arrays."""
+    return (
+        np.array([node.free_cpu_milli for node in nodes], dtype=np.int64),
+        np.array([node.free_memory_mib for node in nodes], dtype=np.int64),
+        np.array([node.free_milli for node in nodes], dtype=np.int64).reshape(len(nodes), devices),
+    )
 
 
 def _usage(commitments: Iterable[_Commitment], devices: int) -> tuple[int, int, list[int]]:
@@ -775,29 +870,23 @@ class _Partition:
         self.changed: list[int] = []  # pools refreshed, in order (for the demands' cached room, see room())
         for i, f in enumerate(facts):
             if f.pool.nodes is not None:
-                self.refresh(i, list(f.pool.nodes))
+                self.refresh(i, *_free_arrays(f.pool.nodes, f.node_shape.accelerators))
 
-    def refresh(self, i: int, nodes: Sequence[NodeState]) -> None:
+    def refresh(self, i: int, cpu: np.ndarray, memory: np.ndarray, free: np.ndarray) -> None:
+        """Pool i's summary of free capacity now, from its nodes' free CPU, memory and device shares
+        (:meth:`_PoolState.free_now`)."""
         width = self.nodes_with.shape[1]
-        counts = [0] * width
-        largest = cpu = memory = 0
-        for node in nodes:
-            free = node.free_milli
-            if free:
-                counts[min(free.count(1000), width - 1)] += 1
-                largest = max(largest, max(free))
-            else:
-                counts[0] += 1
-            cpu = max(cpu, node.free_cpu_milli)
-            memory = max(memory, node.free_memory_mib)
-        running = 0
-        for k in range(width - 1, -1, -1):
-            running += counts[k]
-            counts[k] = running
-        self.nodes_with[i] = counts
-        self.largest_share[i] = largest
-        self.most_cpu[i] = cpu
-        self.most_memory[i] = memory
+        if free.size:
+            whole = np.count_nonzero(free == WHOLE_DEVICE_MILLI, axis=1)
+            counts = np.bincount(np.minimum(whole, width - 1), minlength=width)
+            self.largest_share[i] = free.max()
+        else:  # no node, or nodes without accelerators
+            counts = np.zeros(width, dtype=np.int64)
+            counts[0] = len(cpu)
+            self.largest_share[i] = 0
+        self.nodes_with[i] = counts[::-1].cumsum()[::-1]  # nodes with at least k whole free devices
+        self.most_cpu[i] = cpu.max(initial=0)
+        self.most_memory[i] = memory.max(initial=0)
         self.changed.append(i)
 
     # -- cached masks ---------------------------------------------------------------------------------------------
@@ -972,7 +1061,7 @@ class _Market:
         for stack, part in self.partitions.items():
             for pool_id, state in self.states.items():
                 if self.where[pool_id][0] is stack:
-                    part.refresh(self.where[pool_id][1], state.now_nodes())
+                    part.refresh(self.where[pool_id][1], *state.free_now())
         self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
         self._frag_cache: dict[tuple[NodeShape, int, int, tuple[int, ...]], float] = {}
 
@@ -994,24 +1083,19 @@ class _Market:
             return  # over, or on a pool no longer offered: it holds nothing the cycle can give
         facts = self.facts_of(lease.pool_id)
         state = self.state(facts)
-        units = _ZERO
+        nodes, accelerated = len(state.base), facts.accelerated
+        lease_id, job_id, org_id, interruptible = lease.lease_id, lease.job_id, lease.org_id, lease.interruptible
+        thousandths = 0  # of a device or of a core, summed exactly (units = thousandths / 1000)
         for allocation in lease.allocations:
-            if not 0 <= allocation.placement.node < len(state.base):
+            placement, demand = allocation.placement, allocation.demand
+            if not 0 <= placement.node < nodes:
                 continue  # a node no longer offered: nothing the cycle could give
-            commitment = _Commitment(
-                start,
-                end,
-                allocation.placement,
-                allocation.demand,
-                kind="lease",
-                lease_id=lease.lease_id,
-                job_id=lease.job_id,
-                org_id=lease.org_id,
-                interruptible=lease.interruptible,
+            state.add(
+                placement.node,
+                _Commitment(start, end, placement, demand, "lease", lease_id, job_id, org_id, interruptible),
             )
-            state.add(allocation.placement.node, commitment)
-            units += _allocation_units(facts, allocation)
-        ncu = float(units * facts.ncu_per_unit)
+            thousandths += demand.accelerator_thousandths if accelerated else demand.cpu_milli
+        ncu = float(Decimal(thousandths) / 1000 * facts.ncu_per_unit)
         self.lease_ncu[lease.lease_id] = (lease.org_id, facts.compute_class, ncu, lease.job_id)
         if start <= self.now:
             held = self.usage.setdefault(lease.org_id, {})
@@ -1297,7 +1381,7 @@ class _Market:
 
     def _refresh(self, facts: PoolFacts) -> None:
         stack, i = self.where[facts.pool.pool_id]
-        self.partitions[stack].refresh(i, self.state(facts).now_nodes())
+        self.partitions[stack].refresh(i, *self.state(facts).free_now())
 
     def assignment(self, job: JobSpec, option: _Option, allocations: tuple[NodeAllocation, ...]) -> Assignment:
         pool = option.facts.pool
@@ -1450,12 +1534,6 @@ class _Market:
         self.state(facts).remove_leases(set(removed))
         fresh = self.option(job, facts, self.now_dt, start)
         return (fresh, removed) if fresh is not None else None
-
-
-def _allocation_units(facts: PoolFacts, allocation: NodeAllocation) -> Decimal:
-    if facts.accelerated:
-        return Decimal(allocation.demand.accelerator_thousandths) / 1000
-    return Decimal(allocation.demand.cpu_milli) / 1000
 
 
 def _commitment_units(commitments: list[_Commitment]) -> int:

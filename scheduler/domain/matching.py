@@ -132,13 +132,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
 
 import numpy as np
 
 from billing.domain.money import to_fen
 from core.errors import ApplicationError
 from marketplace.domain.geography import CITIES, HUBS
-from marketplace.domain.units import ComputeClass, CpuArchitecture, SoftwareStack, ncu_hours
+from marketplace.domain.units import ComputeClass, CpuArchitecture, Precision, SoftwareStack, ncu_hours
 from scheduler.domain.demand import (
     REASON_ORDER,
     JobSpec,
@@ -512,27 +513,26 @@ class _PoolState:
         rows: list[int] = []
         cpu_used: list[int] = []
         memory_used: list[int] = []
-        cells: list[int] = []
-        shares: list[int] = []
+        taken: dict[tuple[tuple[int, ...], int], list[int]] = {}  # (devices, share on each) -> nodes, repeated
         for i, held in enumerate(self.commitments):
             for c in held:
                 if c.start <= now < c.end:
                     rows.append(i)
-                    cpu_used.append(c.demand.cpu_milli)
-                    memory_used.append(c.demand.memory_mib)
-                    placement = c.placement
-                    for d in placement.devices:
-                        if 0 <= d < devices:
-                            cells.append(i * devices + d)
-                            shares.append(placement.accelerator_milli)
+                    demand, placement = c.demand, c.placement
+                    cpu_used.append(demand.cpu_milli)
+                    memory_used.append(demand.memory_mib)
+                    if placement.devices:
+                        taken.setdefault((placement.devices, placement.accelerator_milli), []).append(i)
         if rows:  # sums of small integers: exact in float64
             cpu -= np.bincount(rows, weights=cpu_used, minlength=n).astype(np.int64)
             memory -= np.bincount(rows, weights=memory_used, minlength=n).astype(np.int64)
             np.maximum(cpu, 0, out=cpu)
             np.maximum(memory, 0, out=memory)
-        if cells:
-            flat = free.reshape(-1)
-            flat -= np.bincount(cells, weights=shares, minlength=flat.size).astype(np.int64)
+        if taken:
+            for (on, share), nodes in taken.items():
+                columns = [d for d in on if 0 <= d < devices]
+                if columns:
+                    np.subtract.at(free, (np.array(nodes)[:, None], np.array(columns)[None, :]), share)
             np.maximum(free, 0, out=free)
         return cpu, memory, free
 
@@ -819,43 +819,37 @@ class _Partition:
         n = self.n = len(facts)
         self.position = {f.pool.pool_id: i for i, f in enumerate(facts)}
 
-        def arr(values: Iterable[object], dtype: type | str) -> np.ndarray:
-            return np.fromiter(values, dtype=dtype, count=n)
-
-        pools = [f.pool for f in facts]
+        rows = [_pool_row(f) for f in facts]
+        ints = np.array([row[0] for row in rows], dtype=np.int64).reshape(n, -1).T
+        floats = np.array([row[1] for row in rows], dtype=float).reshape(n, -1).T
         self.model_ids = model_ids
-        self.arch = arr((_ARCH_IDS[p.cpu_architecture] for p in pools), np.int8)
-        self.model = arr((model_ids.get(f.model or "", 0) for f in facts), np.int32)
-        self.domestic = arr((p.domestic for p in pools), bool)
-        self.verified = arr((p.provider_verified for p in pools), bool)
-        self.hub = arr((_HUB_IDS.get(p.hub, len(_HUB_IDS)) for p in pools), np.int16)
-        self.city = arr((_site_column(p) for p in pools), np.int16)
-        self.for_on_demand = arr((p.pricing_type is not PricingType.INTERRUPTIBLE for p in pools), bool)
-        self.sharing = arr((p.sharing_allowed for p in pools), bool)
-        self.units = arr((f.units_per_node for f in facts), np.int64)
+        self.arch = ints[0].astype(np.int8)
+        self.model = np.fromiter((model_ids.get(f.model or "", 0) for f in facts), dtype=np.int32, count=n)
+        self.domestic = ints[1].astype(bool)
+        self.verified = ints[2].astype(bool)
+        self.hub = ints[3].astype(np.int16)
+        self.city = ints[4].astype(np.int16)
+        self.for_on_demand = ints[5].astype(bool)
+        self.sharing = ints[6].astype(bool)
+        self.units = ints[7].copy()
         self.units_safe = np.maximum(self.units, 1)
-        self.node_cpu = arr((f.node_shape.cpu_milli for f in facts), np.int64)
+        self.node_cpu = ints[8].copy()
         self.node_cpu_safe = np.maximum(self.node_cpu, 1)
-        self.node_memory = arr((f.node_shape.memory_mib for f in facts), np.int64)
-        self.storage = arr((p.node_storage_gib for p in pools), np.int64)
-        self.device_memory = arr((float(p.accelerator_memory_gib) for p in pools), float)
-        self.offered = arr((f.nodes_offered for f in facts), np.int64)
-        self.ncu_unit = arr((float(f.ncu_per_unit) for f in facts), float)
-        self.tflops = {
-            precision: arr((float(f.tflops(precision)) for f in facts), float)
-            for precision, _ in facts[0].tflops_per_unit
-        }
-        self.min_lease = arr((p.min_lease // _US for p in pools), np.int64)
-        self.max_lease = arr((_NEVER if p.max_lease is None else p.max_lease // _US for p in pools), np.int64)
-        self.window_start = arr((_us(p.window_start) for p in pools), np.int64)
-        self.window_end = arr((_NEVER if p.window_end is None else _us(p.window_end) for p in pools), np.int64)
-        self.price = arr((float(p.unit_price) for p in pools), float)
-        self.reliability = arr((float(p.provider_reliability) for p in pools), float)
-        self.west = arr((f.west for f in facts), bool)
-        self.power_kw = arr((float(p.unit_power_w) / 1000 for p in pools), float)
-        self.carbon_per_kwh = arr(
-            (float(p.pue) * float(p.grid_carbon_kg_per_kwh) * (1 - float(p.green_share)) for p in pools), float
-        )
+        self.node_memory = ints[9].copy()
+        self.storage = ints[10].copy()
+        self.offered = ints[11].copy()
+        self.min_lease = ints[12].copy()
+        self.max_lease = ints[13].copy()
+        self.window_start = ints[14].copy()
+        self.window_end = ints[15].copy()
+        self.west = ints[16].astype(bool)
+        self.device_memory = floats[0].copy()
+        self.ncu_unit = floats[1].copy()
+        self.price = floats[2].copy()
+        self.reliability = floats[3].copy()
+        self.power_kw = floats[4].copy()
+        self.carbon_per_kwh = floats[5].copy()
+        self.tflops = {precision: floats[6 + k].copy() for k, precision in enumerate(Precision)}
         self.cost_factor = 1.0 + float(config.reliability_weight) * (1.0 - self.reliability)
         self.all_verified = bool(self.verified.all())
         self.all_on_demand = bool(self.for_on_demand.all())
@@ -976,6 +970,52 @@ class _Partition:
         return enough & (self.most_cpu[idx] >= view.cpu[idx]) & (self.most_memory[idx] >= view.memory[idx])
 
 
+_ROWS: dict[int, tuple[PoolFacts, tuple[int, ...], tuple[float, ...]]] = {}
+_ROWS_KEPT = 8192
+
+
+def _pool_row(facts: PoolFacts) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The pool's entries in the arrays of a partition (all but its model id, numbered per market): integers
+    (and flags) and floats. Kept by the identity of the facts: an unchanged offer has the same facts in every
+    market (:func:`~scheduler.domain.demand.pool_facts` is memoised), so a market built again reuses them."""
+    cached = _ROWS.get(id(facts))
+    if cached is not None and cached[0] is facts:
+        return cached[1], cached[2]
+    p = facts.pool
+    ints = (
+        _ARCH_IDS[p.cpu_architecture],
+        p.domestic,
+        p.provider_verified,
+        _HUB_IDS.get(p.hub, len(_HUB_IDS)),
+        _site_column(p),
+        p.pricing_type is not PricingType.INTERRUPTIBLE,
+        p.sharing_allowed,
+        facts.units_per_node,
+        facts.node_shape.cpu_milli,
+        facts.node_shape.memory_mib,
+        p.node_storage_gib,
+        facts.nodes_offered,
+        p.min_lease // _US,
+        _NEVER if p.max_lease is None else p.max_lease // _US,
+        _us(p.window_start),
+        _NEVER if p.window_end is None else _us(p.window_end),
+        facts.west,
+    )
+    floats = (
+        float(p.accelerator_memory_gib),
+        float(facts.ncu_per_unit),
+        float(p.unit_price),
+        float(p.provider_reliability),
+        float(p.unit_power_w) / 1000,
+        float(p.pue) * float(p.grid_carbon_kg_per_kwh) * (1 - float(p.green_share)),
+        *(float(facts.tflops(precision)) for precision in Precision),
+    )
+    if len(_ROWS) >= _ROWS_KEPT:
+        _ROWS.clear()
+    _ROWS[id(facts)] = (facts, ints, floats)
+    return ints, floats
+
+
 @dataclass(slots=True)
 class _Evaluation:
     alive: np.ndarray  # passes every static check (and is open at the start, when asked)
@@ -1049,13 +1089,10 @@ class _Market:
         self.where = {
             f.pool.pool_id: (stack, i) for stack, part in self.partitions.items() for i, f in enumerate(part.facts)
         }
+        self.facts = facts
         self.states: dict[str, _PoolState] = {}
-        self.class_capacity: dict[ComputeClass, float] = {}
-        for f in facts:
-            units = f.nodes_offered * f.units_per_node * f.ncu_per_unit
-            self.class_capacity[f.compute_class] = self.class_capacity.get(f.compute_class, 0.0) + float(units)
-        self.usage: dict[str, dict[ComputeClass, float]] = {}
-        self.lease_ncu: dict[str, tuple[str, ComputeClass, float, str]] = {}
+        self.next_change = _NEVER  # the first start or end of a lease after now (offered pool or not)
+        self._held: list[tuple[Lease, PoolFacts, int]] = []  # leases loaded, with their thousandths of units
         for lease in leases:
             self._load(lease)
         for stack, part in self.partitions.items():
@@ -1079,7 +1116,12 @@ class _Market:
 
     def _load(self, lease: Lease) -> None:
         start, end = _us(lease.start), _us(lease.end)
-        if end <= self.now or lease.pool_id not in self.where:
+        now = self.now
+        if now < start < self.next_change:
+            self.next_change = start
+        if now < end < self.next_change:
+            self.next_change = end
+        if end <= now or lease.pool_id not in self.where:
             return  # over, or on a pool no longer offered: it holds nothing the cycle can give
         facts = self.facts_of(lease.pool_id)
         state = self.state(facts)
@@ -1095,11 +1137,34 @@ class _Market:
                 _Commitment(start, end, placement, demand, "lease", lease_id, job_id, org_id, interruptible),
             )
             thousandths += demand.accelerator_thousandths if accelerated else demand.cpu_milli
-        ncu = float(Decimal(thousandths) / 1000 * facts.ncu_per_unit)
-        self.lease_ncu[lease.lease_id] = (lease.org_id, facts.compute_class, ncu, lease.job_id)
-        if start <= self.now:
-            held = self.usage.setdefault(lease.org_id, {})
-            held[facts.compute_class] = held.get(facts.compute_class, 0.0) + ncu
+        self._held.append((lease, facts, thousandths))
+
+    @cached_property
+    def class_capacity(self) -> dict[ComputeClass, float]:
+        """NCU offered per compute class (for fair share; computed when a cycle first asks)."""
+        capacity: dict[ComputeClass, float] = {}
+        for f in self.facts:
+            units = f.nodes_offered * f.units_per_node * f.ncu_per_unit
+            capacity[f.compute_class] = capacity.get(f.compute_class, 0.0) + float(units)
+        return capacity
+
+    @cached_property
+    def lease_ncu(self) -> dict[str, tuple[str, ComputeClass, float, str]]:
+        """Per lease loaded: its organisation, compute class, NCU held and job."""
+        return {
+            lease.lease_id: (lease.org_id, facts.compute_class, _ncu(facts, thousandths), lease.job_id)
+            for lease, facts, thousandths in self._held
+        }
+
+    @cached_property
+    def usage(self) -> dict[str, dict[ComputeClass, float]]:
+        """NCU held now per organisation and compute class, by the leases loaded (for fair share)."""
+        usage: dict[str, dict[ComputeClass, float]] = {}
+        for lease, facts, thousandths in self._held:
+            if _us(lease.start) <= self.now:
+                held = usage.setdefault(lease.org_id, {})
+                held[facts.compute_class] = held.get(facts.compute_class, 0.0) + _ncu(facts, thousandths)
+        return usage
 
     # -- filter -----------------------------------------------------------------------------------------------------
 
@@ -1536,6 +1601,11 @@ class _Market:
         return (fresh, removed) if fresh is not None else None
 
 
+def _ncu(facts: PoolFacts, thousandths: int) -> float:
+    """NCU held by ``thousandths`` of a device (or of a core, on a CPU pool) of the pool."""
+    return float(Decimal(thousandths) / 1000 * facts.ncu_per_unit)
+
+
 def _commitment_units(commitments: list[_Commitment]) -> int:
     return sum(c.demand.accelerator_thousandths or c.demand.cpu_milli for c in commitments)
 
@@ -1809,12 +1879,9 @@ class QuoteMarket:
     ) -> None:
         self.config = config or MatchingConfig()
         self._market = _Market(pools, now=now, config=self.config, leases=leases, jobs=())
-        prepared = self._prepared = self._market.now
-        self._next_change = min(
-            (moment for lease in leases for moment in (_us(lease.start), _us(lease.end)) if moment > prepared),
-            default=_NEVER,
-        )
-        self._facts = [f for part in self._market.partitions.values() for f in part.facts]
+        self._prepared = self._market.now
+        self._next_change = self._market.next_change  # the first start or end of a lease after it is prepared
+        self._facts = self._market.facts
         self._mixes: dict[WorkloadMix | None, tuple[WorkloadMix | None, dict]] = {}
         self._lock = threading.Lock()
 

@@ -389,19 +389,39 @@ class _Commitment:
         self.interruptible = interruptible
 
 
+class _Window:
+    """The nodes' least free capacity over one window, as arrays (CPU and memory per node, share per node and
+    device), and the packing module's index of those nodes once a placement needs it. Never changed."""
+
+    __slots__ = ("_cluster", "cpu", "fitting", "free", "memory")
+
+    def __init__(self, cpu: np.ndarray, memory: np.ndarray, free: np.ndarray) -> None:
+        self.cpu, self.memory, self.free = cpu, memory, free
+        self.fitting: dict[SliceDemand, int] = {}  # nodes that could hold a demand, as asked
+        self._cluster: Cluster | None = None
+
+    def cluster(self, shape: NodeShape) -> Cluster:
+        if self._cluster is None:
+            self._cluster = Cluster(NodeState.many(shape, self.cpu.tolist(), self.memory.tolist(), self.free.tolist()))
+        return self._cluster
+
+
 class _PoolState:
     """The nodes of one pool: free capacity outside the market, and the market's commitments on each node.
 
-    What depends only on the commitments is kept until they change: the free capacity now (as arrays, and as
-    nodes once a placement needs them), the distinct ends of the commitments, and the nodes' least free
-    capacity over a window (:meth:`window`)."""
+    What depends only on the commitments is kept until they change: the commitments as arrays, the free
+    capacity now (as arrays, and as nodes once a placement needs them), the distinct ends of the commitments,
+    and the nodes' least free capacity over the windows asked for (:meth:`window`)."""
 
     __slots__ = (
         "_arrays",
+        "_base_arrays",
         "_cluster",
         "_ends",
         "_events",
+        "_held",
         "_now",
+        "_now_fitting",
         "_windows",
         "base",
         "commitments",
@@ -427,9 +447,12 @@ class _PoolState:
         self._cluster: Cluster | None = None
         self._now: list[NodeState] | None = None  # free capacity now (the cluster's nodes, once it exists)
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # free capacity now, see free_now
+        self._now_fitting: dict[SliceDemand, int] = {}  # nodes that could hold a demand now (with _arrays)
+        self._base_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # ``base`` as arrays
+        self._held: tuple[np.ndarray, ...] | None = None  # the commitments as arrays, see _held_arrays
         self._ends: list[int] | None = None  # distinct ends of the commitments, ascending
         self._events: list[int] | None = None  # distinct starts and ends of the commitments, ascending
-        self._windows: dict[tuple[int, int], Cluster] = {}  # see window()
+        self._windows: dict[tuple[int, int], _Window] = {}  # see window()
         self.pristine = given is None  # every node whole and nothing committed
         self.interruptible = 0  # interruptible lease commitments held (candidates for preemption)
 
@@ -438,7 +461,7 @@ class _PoolState:
             raise ValueError(f"pool {self.facts.pool.pool_id} has no node {node}")
         self.commitments[node].append(commitment)
         self.pristine = False
-        self._arrays = self._ends = self._events = None
+        self._arrays = self._held = self._ends = self._events = None
         if self._windows:
             self._windows = {}
         if commitment.interruptible and commitment.kind == "lease":
@@ -462,7 +485,7 @@ class _PoolState:
         )
         self._cluster = None
         self._now = None
-        self._arrays = self._ends = self._events = None
+        self._arrays = self._held = self._ends = self._events = None
         self._windows = {}
         return removed
 
@@ -489,52 +512,100 @@ class _PoolState:
                 used = [max(a, b) for a, b in zip(used, c_used, strict=True)]
         return base.less(cpu, memory, used)
 
-    def free_now(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The nodes' free capacity now as arrays: CPU and memory per node, share per node and device (the
-        state :meth:`now_nodes` holds, computed from the commitments without building the nodes)."""
-        if self._arrays is None:
-            devices = self.facts.node_shape.accelerators
-            if self._now is not None:
-                self._arrays = _free_arrays(self._now, devices)
+    def free_between(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`state_between` of every node as (new) arrays: free CPU and memory per node, free share per
+        node and device. The usage of a node only grows when one of its commitments starts, so its most over
+        the window is its usage at ``start`` or at a start inside the window (at the starts of other nodes'
+        commitments it is no more than that)."""
+        node, starts, ends, cpu, memory, share = self._held_arrays()
+        base_cpu, base_memory, base_free = self._base()
+        active = (starts < end) & (ends > start)
+        if not active.any():
+            return base_cpu.copy(), base_memory.copy(), base_free.copy()
+        n, devices = base_free.shape
+        later = active & (starts > start)
+        moments = sorted({start, *starts[later].tolist()}) if later.any() else [start]
+        cpu_used = memory_used = share_used = None
+        for moment in moments:
+            at = active & (starts <= moment) & (ends > moment)
+            on = node[at]
+            cpu_at = np.bincount(on, weights=cpu[at], minlength=n)  # sums of small integers: exact in float64
+            memory_at = np.bincount(on, weights=memory[at], minlength=n)
+            share_at = np.zeros((n, devices), dtype=np.int64)
+            np.add.at(share_at, on, share[at])
+            if cpu_used is None or memory_used is None or share_used is None:
+                cpu_used, memory_used, share_used = cpu_at, memory_at, share_at
             else:
-                self._arrays = self._free_from_commitments(devices)
-        return self._arrays
+                cpu_used = np.maximum(cpu_used, cpu_at)
+                memory_used = np.maximum(memory_used, memory_at)
+                share_used = np.maximum(share_used, share_at)
+        assert cpu_used is not None and memory_used is not None and share_used is not None  # noqa: S101
+        return (
+            np.maximum(base_cpu - cpu_used.astype(np.int64), 0),
+            np.maximum(base_memory - memory_used.astype(np.int64), 0),
+            np.maximum(base_free - share_used, 0),
+        )
 
-    def _free_from_commitments(self, devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = len(self.base)
-        if self.facts.pool.nodes is None:
+    def _base(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``base`` as arrays (never changed)."""
+        if self._base_arrays is None:
             shape = self.facts.node_shape
-            cpu = np.full(n, shape.cpu_milli, dtype=np.int64)
-            memory = np.full(n, shape.memory_mib, dtype=np.int64)
-            free = np.full((n, devices), WHOLE_DEVICE_MILLI, dtype=np.int64)
-        else:
-            cpu, memory, free = _free_arrays(self.base, devices)
-        now = self.now
-        rows: list[int] = []
-        cpu_used: list[int] = []
-        memory_used: list[int] = []
-        taken: dict[tuple[tuple[int, ...], int], list[int]] = {}  # (devices, share on each) -> nodes, repeated
-        for i, held in enumerate(self.commitments):
-            for c in held:
-                if c.start <= now < c.end:
-                    rows.append(i)
-                    demand, placement = c.demand, c.placement
-                    cpu_used.append(demand.cpu_milli)
-                    memory_used.append(demand.memory_mib)
-                    if placement.devices:
-                        taken.setdefault((placement.devices, placement.accelerator_milli), []).append(i)
-        if rows:  # sums of small integers: exact in float64
-            cpu -= np.bincount(rows, weights=cpu_used, minlength=n).astype(np.int64)
-            memory -= np.bincount(rows, weights=memory_used, minlength=n).astype(np.int64)
-            np.maximum(cpu, 0, out=cpu)
-            np.maximum(memory, 0, out=memory)
-        if taken:
-            for (on, share), nodes in taken.items():
+            n = len(self.base)
+            if self.facts.pool.nodes is None:
+                self._base_arrays = (
+                    np.full(n, shape.cpu_milli, dtype=np.int64),
+                    np.full(n, shape.memory_mib, dtype=np.int64),
+                    np.full((n, shape.accelerators), WHOLE_DEVICE_MILLI, dtype=np.int64),
+                )
+            else:
+                self._base_arrays = _free_arrays(self.base, shape.accelerators)
+        return self._base_arrays
+
+    def _held_arrays(self) -> tuple[np.ndarray, ...]:
+        """The commitments as arrays, one entry per commitment: node, start, end, CPU, memory, and the share
+        taken on each device of the node (devices the node does not have are ignored)."""
+        if self._held is None:
+            devices = self.facts.node_shape.accelerators
+            node: list[int] = []
+            start: list[int] = []
+            end: list[int] = []
+            cpu: list[int] = []
+            memory: list[int] = []
+            taken: dict[tuple[tuple[int, ...], int], list[int]] = {}  # (devices, share on each) -> commitments
+            for i, held in enumerate(self.commitments):
+                for c in held:
+                    if c.placement.devices:
+                        taken.setdefault((c.placement.devices, c.placement.accelerator_milli), []).append(len(node))
+                    node.append(i)
+                    start.append(c.start)
+                    end.append(c.end)
+                    cpu.append(c.demand.cpu_milli)
+                    memory.append(c.demand.memory_mib)
+            share = np.zeros((len(node), devices), dtype=np.int64)
+            for (on, milli), rows in taken.items():
                 columns = [d for d in on if 0 <= d < devices]
                 if columns:
-                    np.subtract.at(free, (np.array(nodes)[:, None], np.array(columns)[None, :]), share)
-            np.maximum(free, 0, out=free)
-        return cpu, memory, free
+                    np.add.at(share, (np.array(rows)[:, None], np.array(columns)[None, :]), milli)
+            self._held = (
+                np.array(node, dtype=np.intp),
+                np.array(start, dtype=np.int64),
+                np.array(end, dtype=np.int64),
+                np.array(cpu, dtype=np.int64),
+                np.array(memory, dtype=np.int64),
+                share,
+            )
+        return self._held
+
+    def free_now(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The nodes' free capacity now as arrays (the state :meth:`now_nodes` holds, without building the
+        nodes): ``free_between(now, now + 1)``, or read from the nodes once they exist."""
+        if self._arrays is None:
+            if self._now is not None:
+                self._arrays = _free_arrays(self._now, self.facts.node_shape.accelerators)
+            else:
+                self._arrays = self.free_between(self.now, self.now + 1)
+            self._now_fitting = {}
+        return self._arrays
 
     def cluster(self) -> Cluster:
         """The nodes' free capacity now, indexed by the packing module (built when first needed)."""
@@ -550,21 +621,20 @@ class _PoolState:
             self._now = NodeState.many(self.facts.node_shape, cpu.tolist(), memory.tolist(), free.tolist())
         return self._now
 
-    def window(self, start: int, end: int) -> Cluster:
-        """The nodes' least free capacity over [start, end) (:meth:`state_between` of each node), indexed by
-        the packing module; never changed. It depends only on which commitments start or end before ``start``
-        and before ``end``, so it is kept by those two counts until the commitments change."""
+    def window(self, start: int, end: int) -> _Window:
+        """The nodes' least free capacity over [start, end) (:meth:`free_between`). It depends only on which
+        commitments start or end before ``start`` and before ``end``, so it is kept by those two counts until
+        the commitments change."""
         events = self._events
         if events is None:
             events = self._events = sorted({t for held in self.commitments for c in held for t in (c.start, c.end)})
         key = (bisect_right(events, start), bisect_left(events, end))
-        cluster = self._windows.get(key)
-        if cluster is None:
+        window = self._windows.get(key)
+        if window is None:
             if len(self._windows) >= _WINDOWS_KEPT:
                 self._windows = {}
-            nodes = [self.state_between(i, start, end) for i in range(len(self.base))]
-            cluster = self._windows[key] = Cluster(nodes)
-        return cluster
+            window = self._windows[key] = _Window(*self.free_between(start, end))
+        return window
 
     def place(
         self,
@@ -588,7 +658,10 @@ class _PoolState:
             nodes = [self.state_between(i, start, end, exclude) for i in range(len(self.base))]
             placed = place_gang(nodes, demand, count, policy=policy, mix=mix)
             return None if placed is None else (placed, nodes)
-        cluster = self.cluster() if start == self.now and end <= self.future_start else self.window(start, end)
+        if start == self.now and end <= self.future_start:
+            cluster = self.cluster()
+        else:
+            cluster = self.window(start, end).cluster(self.facts.node_shape)
         placed = cluster.place_gang(demand, count, policy=policy, mix=mix)
         return None if placed is None else (placed, cluster.nodes)
 
@@ -598,19 +671,24 @@ class _PoolState:
         """Whether ``count`` distinct nodes could each hold the demand over [start, end) (what a gang needs)."""
         if self.pristine:
             return count <= len(self.base) and self.base[0].fits(demand)
-        if start == self.now and end <= self.future_start and not exclude:
-            nodes: Iterable[NodeState] = self.now_nodes()
-        elif not exclude:
-            return int(np.count_nonzero(self.window(start, end).feasible(demand))) >= count
+        if exclude:
+            fitting = 0
+            for i in range(len(self.base)):
+                if self.state_between(i, start, end, exclude).fits(demand):
+                    fitting += 1
+                    if fitting >= count:
+                        return True
+            return False
+        if start == self.now and end <= self.future_start:
+            cpu, memory, free = self.free_now()
+            known = self._now_fitting
         else:
-            nodes = (self.state_between(i, start, end, exclude) for i in range(len(self.base)))
-        fitting = 0
-        for node in nodes:
-            if node.fits(demand):
-                fitting += 1
-                if fitting >= count:
-                    return True
-        return False
+            window = self.window(start, end)
+            cpu, memory, free, known = window.cpu, window.memory, window.free, window.fitting
+        fitting = known.get(demand)
+        if fitting is None:
+            fitting = known[demand] = _fitting(self.facts.node_shape, demand, cpu, memory, free)
+        return fitting >= count
 
     def earliest(
         self,
@@ -647,6 +725,18 @@ class _PoolState:
                 if c.kind == "lease" and c.interruptible and c.lease_id and c.start < end and c.end > start:
                     found.setdefault(c.lease_id, []).append(c)
         return found
+
+
+def _fitting(shape: NodeShape, demand: SliceDemand, cpu: np.ndarray, memory: np.ndarray, free: np.ndarray) -> int:
+    """How many of the nodes (of one shape; free capacity as arrays) could hold the demand: ``NodeState.fits``."""
+    if not demand.allows(shape.accelerator_model):
+        return 0
+    ok = (cpu >= demand.cpu_milli) & (memory >= demand.memory_mib)
+    if demand.accelerator_milli:
+        ok &= free.max(axis=1, initial=0) >= demand.accelerator_milli
+    elif demand.accelerators:
+        ok &= np.count_nonzero(free == WHOLE_DEVICE_MILLI, axis=1) >= demand.accelerators
+    return int(np.count_nonzero(ok))
 
 
 def _free_arrays(nodes: Sequence[NodeState], devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -862,9 +952,21 @@ class _Partition:
         self.most_cpu = self.node_cpu.copy()
         self.most_memory = self.node_memory.copy()
         self.changed: list[int] = []  # pools refreshed, in order (for the demands' cached room, see room())
+        self.stale: dict[int, _PoolState] = {}  # pools whose free capacity changed since, see update()
         for i, f in enumerate(facts):
             if f.pool.nodes is not None:
                 self.refresh(i, *_free_arrays(f.pool.nodes, f.node_shape.accelerators))
+
+    def update(self, i: int, state: _PoolState) -> None:
+        """Pool i's free capacity changed: its summary is refreshed from the state when next asked for (a
+        market built for quotes of the cheapest or greenest objective never asks)."""
+        self.stale[i] = state
+
+    def _sync(self) -> None:
+        if self.stale:
+            stale, self.stale = self.stale, {}
+            for i, state in stale.items():
+                self.refresh(i, *state.free_now())
 
     def refresh(self, i: int, cpu: np.ndarray, memory: np.ndarray, free: np.ndarray) -> None:
         """Pool i's summary of free capacity now, from its nodes' free CPU, memory and device shares
@@ -953,6 +1055,7 @@ class _Partition:
     def room(self, view: _DemandView) -> np.ndarray:
         """``has_room`` of every pool for the demand, kept per demand and brought up to date only for the pools
         whose free capacity changed since it was last asked (the partition logs them)."""
+        self._sync()
         if view.room is None:
             view.room = self.has_room(view, np.arange(self.n))
         elif view.synced < len(self.changed):
@@ -963,6 +1066,7 @@ class _Partition:
 
     def has_room(self, view: _DemandView, idx: np.ndarray) -> np.ndarray:
         """For pools ``idx``: whether their free capacity now could hold the demand (a necessary condition)."""
+        self._sync()
         milli = view.milli[idx]
         width = self.nodes_with.shape[1]
         whole_ok = self.nodes_with[idx, np.minimum(view.whole[idx], width - 1)] >= view.count[idx]
@@ -1095,10 +1199,9 @@ class _Market:
         self._held: list[tuple[Lease, PoolFacts, int]] = []  # leases loaded, with their thousandths of units
         for lease in leases:
             self._load(lease)
-        for stack, part in self.partitions.items():
-            for pool_id, state in self.states.items():
-                if self.where[pool_id][0] is stack:
-                    part.refresh(self.where[pool_id][1], *state.free_now())
+        for pool_id, state in self.states.items():
+            stack, i = self.where[pool_id]
+            self.partitions[stack].update(i, state)
         self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
         self._frag_cache: dict[tuple[NodeShape, int, int, tuple[int, ...]], float] = {}
 
@@ -1446,7 +1549,7 @@ class _Market:
 
     def _refresh(self, facts: PoolFacts) -> None:
         stack, i = self.where[facts.pool.pool_id]
-        self.partitions[stack].refresh(i, *self.state(facts).free_now())
+        self.partitions[stack].update(i, self.state(facts))
 
     def assignment(self, job: JobSpec, option: _Option, allocations: tuple[NodeAllocation, ...]) -> Assignment:
         pool = option.facts.pool

@@ -73,6 +73,16 @@ as fragmentation: placements leave nodes either full or whole. On a pool
 where nothing is committed every node is whole and identical, and the first
 nodes and devices are taken without asking the packer.
 
+**Quotes** (:func:`quote`, :class:`QuoteMarket`): of the pools that pass the
+filter, up to ``quote_pool_limit`` in the objective's order each get their
+earliest feasible start, and the best ``limit`` options by the objective's
+keys are offered. A pool's first two keys are known before it is packed (the
+cost in fen and the western preference; the carbon and the adjusted cost; or
+the adjusted cost and a lower bound of the start, the later of the job's
+ready time and the offer's opening), so pools are packed in that order and,
+once ``limit`` options are found, the pools whose first keys come after the
+``limit``-th best's are not packed: they could not be offered.
+
 **Cycle** (:func:`schedule_cycle`): jobs come in fair-share order
 (:mod:`scheduler.domain.queueing`: lowest dominant share first, priority and
 ageing). A cycle places a job at its ready time (now, or its earliest start if
@@ -127,7 +137,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -198,6 +208,7 @@ WHOLE_NODE_SHARE = 0.2  # of the workload mix: whole-node demands, one per node 
 _CHUNK = 64  # pools listed for the exact checks at first (then all the rest), best first
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
+_DEMANDS_KEPT = 256  # distinct demands whose resolution on the pools a market keeps (see _Market._resolutions)
 _WINDOWS_KEPT = 64  # windows of one pool kept indexed (see _PoolState.window)
 
 _ARCH_IDS = {arch: i for i, arch in enumerate(CpuArchitecture)}
@@ -1142,6 +1153,10 @@ class _Evaluation:
         return float(rate[j]) * self.hours
 
 
+_Costs = tuple[Decimal, float, bool]  # estimated cost, adjusted cost, western-preferred
+_Footprint = tuple[Decimal, Decimal]  # energy (kWh), carbon (kg)
+
+
 @dataclass(slots=True)
 class _Option:
     facts: PoolFacts
@@ -1204,6 +1219,8 @@ class _Market:
             self.partitions[stack].update(i, state)
         self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
         self._frag_cache: dict[tuple[NodeShape, int, int, tuple[int, ...]], float] = {}
+        self._resolutions_kept: dict[tuple, dict[str, Resolved | Reason]] = {}  # see _resolutions
+        self._prices_kept: dict[tuple, dict[str, tuple[_Costs, Decimal]]] = {}  # see _prices
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -1383,15 +1400,11 @@ class _Market:
         end: int,
         placements: tuple[Placement, ...],
         nodes_used: list[NodeState],
+        costs: _Costs | None = None,
+        footprint: _Footprint | None = None,
     ) -> _Option:
-        pool = facts.pool
-        hours = duration_hours(job.duration)
-        cost = estimated_cost(pool, resolved, job)
-        energy = pool.unit_power_w * resolved.units * hours * Decimal(pool.pue) / 1000
-        carbon = energy * Decimal(pool.grid_carbon_kg_per_kwh) * (_ONE - Decimal(pool.green_share))
-        west = facts.west and job.tolerates_latency(self.config.latency_tolerant_ms)
-        factor = 1.0 + float(self.config.reliability_weight) * (1.0 - float(pool.provider_reliability))
-        adjusted = float(cost) * factor * ((1.0 - float(self.config.west_price_tolerance)) if west else 1.0)
+        cost, adjusted, west = costs or self._costs(job, facts, resolved)
+        energy, carbon = footprint or self._footprint(job, facts, resolved)
         return _Option(
             facts=facts,
             resolved=resolved,
@@ -1400,10 +1413,31 @@ class _Market:
             placements=placements,
             nodes_used=nodes_used,
             cost=cost,
-            energy_kwh=energy.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
-            carbon_kg=carbon.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
+            energy_kwh=energy,
+            carbon_kg=carbon,
             adjusted=adjusted,
             west_preferred=west,
+        )
+
+    def _costs(self, job: JobSpec, facts: PoolFacts, resolved: Resolved) -> _Costs:
+        """The estimated cost of the job on this pool, its adjusted cost, and whether the pool is
+        western-preferred for the job (whatever the placement)."""
+        pool = facts.pool
+        cost = estimated_cost(pool, resolved, job)
+        west = facts.west and job.tolerates_latency(self.config.latency_tolerant_ms)
+        factor = 1.0 + float(self.config.reliability_weight) * (1.0 - float(pool.provider_reliability))
+        adjusted = float(cost) * factor * ((1.0 - float(self.config.west_price_tolerance)) if west else 1.0)
+        return cost, adjusted, west
+
+    def _footprint(self, job: JobSpec, facts: PoolFacts, resolved: Resolved) -> _Footprint:
+        """The estimated energy (kWh) and carbon (kg) of the job on this pool."""
+        pool = facts.pool
+        hours = duration_hours(job.duration)
+        energy = pool.unit_power_w * resolved.units * hours * Decimal(pool.pue) / 1000
+        carbon = energy * Decimal(pool.grid_carbon_kg_per_kwh) * (_ONE - Decimal(pool.green_share))
+        return (
+            energy.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
+            carbon.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
         )
 
     def key(self, job: JobSpec, option: _Option) -> tuple:
@@ -1578,17 +1612,27 @@ class _Market:
 
     # -- explanations -------------------------------------------------------------------------------------------------
 
-    def explain(self, job: JobSpec, ready: datetime, *, occupancy: bool, note: str = "") -> Explanation:
+    def explain(
+        self,
+        job: JobSpec,
+        ready: datetime,
+        *,
+        occupancy: bool,
+        note: str = "",
+        evaluation: _Evaluation | None = None,
+    ) -> Explanation:
         """Counts per reason. With ``occupancy`` it is asked after :meth:`best` found nothing, so every
-        pool that passes the static checks and is open is counted as having no free capacity."""
+        pool that passes the static checks and is open is counted as having no free capacity.
+        ``evaluation``: the partition's evaluation of the job at ``ready`` with counts (and the opening check
+        with ``occupancy``), when the caller has it."""
         part = self.partitions.get(job.stack)
         counts: dict[Reason, int] = {}
         if self.total - (part.n if part else 0):
             counts[Reason.WRONG_STACK] = self.total - (part.n if part else 0)
         fit = 0
         if part is not None:
-            start = _us(ready)
-            evaluation = self.evaluate(part, job, start, counts=True, open_now=occupancy)
+            if evaluation is None:
+                evaluation = self.evaluate(part, job, _us(ready), counts=True, open_now=occupancy)
             assert evaluation.counts is not None  # noqa: S101 - asked for counts
             for reason, n in evaluation.counts.items():
                 counts[reason] = counts.get(reason, 0) + n
@@ -1602,46 +1646,164 @@ class _Market:
 
     # -- backfill and preemption ------------------------------------------------------------------------------------
 
-    def static_order(self, job: JobSpec, ready: datetime) -> tuple[_Partition | None, np.ndarray]:
+    def static_order(
+        self, job: JobSpec, ready: datetime, evaluation: _Evaluation | None = None
+    ) -> tuple[_Partition | None, np.ndarray]:
+        """The pools that pass the static checks, best first; ``evaluation``: the partition's evaluation of
+        the job at ``ready`` without the opening check, when the caller has it."""
         part = self.partitions.get(job.stack)
         if part is None:
             return None, np.zeros(0, dtype=np.intp)
-        evaluation = self.evaluate(part, job, _us(ready), counts=False, open_now=False)
+        if evaluation is None:
+            evaluation = self.evaluate(part, job, _us(ready), counts=False, open_now=False)
         return part, self.ranked(part, job, evaluation, capacity_now=False)
 
-    def earliest(self, job: JobSpec, ready: datetime, limit: int) -> list[_Option]:
+    def earliest(
+        self, job: JobSpec, ready: datetime, limit: int, evaluation: _Evaluation | None = None
+    ) -> list[_Option]:
         """Options with their earliest feasible start on up to ``limit`` pools, in the objective's order
         (for the earliest objective, pools that could take the job now first)."""
-        part, order = self.static_order(job, ready)
         options: list[_Option] = []
+        resolutions = self._resolutions(job)
+        for rank, facts in enumerate(self._earliest_candidates(job, ready, limit, evaluation)):
+            resolved = self._exact(job, facts, ready, resolutions)
+            if resolved is None:
+                continue
+            option = self._earliest_on(job, facts, resolved, ready)
+            if option is None:
+                continue
+            option.rank = rank
+            options.append(option)
+        return options
+
+    def quote_options(
+        self, job: JobSpec, ready: datetime, pool_limit: int, limit: int, evaluation: _Evaluation | None = None
+    ) -> list[_Option]:
+        """Among the options :meth:`earliest` finds on up to ``pool_limit`` pools, enough that the best ``limit``
+        of them by :meth:`key` (their fragmentation growth counted) are the best ``limit`` of them all.
+
+        The first two keys of a pool are known before it is packed: the cost in fen and the western preference
+        (cheapest), the carbon and the adjusted cost (greenest), and for the earliest objective the adjusted cost
+        and a lower bound of the start, the later of ``ready`` and the offer's opening. Pools are packed in the
+        order of those keys; once ``limit`` options are found, a pool whose first keys are above the first keys
+        of the ``limit``-th best found ranks after ``limit`` options whatever its placement, and so does every
+        pool after it. ``evaluation``: as for :meth:`static_order`."""
+        if limit < 0:  # a quote of all but the last options: all are needed
+            return self.earliest(job, ready, pool_limit, evaluation)
+        candidates = self._earliest_candidates(job, ready, pool_limit, evaluation)
+        if limit == 0:
+            return []
+        ready_us = _us(ready)
+        objective = job.objective
+        ranked: list[tuple[tuple, int, PoolFacts, Resolved, _Costs, _Footprint | None]] = []
+        resolutions = self._resolutions(job)
+        prices = self._prices(job)
+        for rank, facts in enumerate(candidates):
+            resolved = self._exact(job, facts, ready, resolutions)
+            if resolved is None:
+                continue
+            pool_id = facts.pool.pool_id
+            priced = prices.get(pool_id)
+            if priced is None:
+                costs = self._costs(job, facts, resolved)
+                priced = prices[pool_id] = (costs, to_fen(costs[0]))
+            costs, fen = priced
+            _, adjusted, west = costs
+            footprint = None
+            if objective is Objective.CHEAPEST:
+                first: tuple = (fen, not west)
+            elif objective is Objective.EARLIEST:
+                first = (max(ready_us, _us(facts.pool.window_start)), adjusted)
+            else:
+                footprint = self._footprint(job, facts, resolved)
+                first = (footprint[1], adjusted)
+            ranked.append((first, rank, facts, resolved, costs, footprint))
+        ranked.sort(key=lambda item: (item[0], item[1]))
+        options: list[_Option] = []
+        found: list[tuple] = []  # the first two keys of the options found, ascending
+        for first, rank, facts, resolved, costs, footprint in ranked:
+            if len(found) >= limit and first > found[limit - 1]:
+                break
+            option = self._earliest_on(job, facts, resolved, ready, costs, footprint)
+            if option is None:
+                continue
+            option.rank = rank
+            options.append(option)
+            insort(found, self.key(job, option)[:2])
+        return options
+
+    def _earliest_candidates(
+        self, job: JobSpec, ready: datetime, limit: int, evaluation: _Evaluation | None = None
+    ) -> list[PoolFacts]:
+        """Up to ``limit`` pools that pass the vectorised filter, in the objective's order (for the earliest
+        objective, pools that could take the job now first)."""
+        part, order = self.static_order(job, ready, evaluation)
         if part is None:
-            return options
+            return []
         start = _us(ready)
         if job.objective is Objective.EARLIEST and start == self.now and order.size:
             room = part.has_room(part.demand(job), order) & (part.window_start[order] <= start)
             order = np.concatenate((order[room], order[~room]))
+        return [part.facts[j] for j in order[:limit].tolist()]
+
+    def _exact(
+        self, job: JobSpec, facts: PoolFacts, ready: datetime, resolutions: dict[str, Resolved | Reason]
+    ) -> Resolved | None:
+        """The job's demand on this pool if the pool passes every static check, exactly; else None.
+        ``resolutions``: :meth:`_resolutions` of the job."""
+        pool_id = facts.pool.pool_id
+        resolved = resolutions.get(pool_id)
+        if resolved is None:
+            resolved = resolutions[pool_id] = resolve(job, facts)
+        if not isinstance(resolved, Resolved) or static_reason(job, facts, ready, resolved) is not None:
+            return None
+        return resolved
+
+    def _resolutions(self, job: JobSpec) -> dict[str, Resolved | Reason]:
+        """:func:`~scheduler.domain.demand.resolve` of the job on the pools, by pool id as they are asked for;
+        kept per demand (all that resolve reads of a job), so jobs of the same shape share them."""
+        found = self._resolutions_kept.get(_demand_key(job))
+        if found is None:
+            if len(self._resolutions_kept) >= _DEMANDS_KEPT:
+                self._resolutions_kept = {}
+            found = self._resolutions_kept[_demand_key(job)] = {}
+        return found
+
+    def _prices(self, job: JobSpec) -> dict[str, tuple[_Costs, Decimal]]:
+        """:meth:`_costs` of the job on the pools (with the cost in fen), by pool id as they are asked for; kept
+        per demand, duration and tolerance of latency (all the costs read of a job)."""
+        key = (_demand_key(job), job.duration, job.tolerates_latency(self.config.latency_tolerant_ms))
+        found = self._prices_kept.get(key)
+        if found is None:
+            if len(self._prices_kept) >= _DEMANDS_KEPT:
+                self._prices_kept = {}
+            found = self._prices_kept[key] = {}
+        return found
+
+    def _earliest_on(
+        self,
+        job: JobSpec,
+        facts: PoolFacts,
+        resolved: Resolved,
+        ready: datetime,
+        costs: _Costs | None = None,
+        footprint: _Footprint | None = None,
+    ) -> _Option | None:
+        """The job on this pool at its earliest feasible start (within the offer window and the deadline)."""
+        pool = facts.pool
         duration = job.duration // _US
-        for rank, j in enumerate(order[:limit].tolist()):
-            facts = part.facts[j]
-            resolved = resolve(job, facts)
-            if not isinstance(resolved, Resolved) or static_reason(job, facts, ready) is not None:
-                continue
-            pool = facts.pool
-            first = max(_us(ready), _us(pool.window_start))
-            limit_end = min(
-                _NEVER if pool.window_end is None else _us(pool.window_end),
-                _NEVER if job.deadline is None else _us(job.deadline),
-            )
-            found = self.state(facts).earliest(
-                resolved.demand, resolved.nodes, first, duration, limit_end, policy=self.config.policy, mix=self.mix
-            )
-            if found is None:
-                continue
-            start, placements, nodes = found
-            option = self._make_option(job, facts, resolved, start, start + duration, placements, nodes)
-            option.rank = rank
-            options.append(option)
-        return options
+        first = max(_us(ready), _us(pool.window_start))
+        limit_end = min(
+            _NEVER if pool.window_end is None else _us(pool.window_end),
+            _NEVER if job.deadline is None else _us(job.deadline),
+        )
+        found = self.state(facts).earliest(
+            resolved.demand, resolved.nodes, first, duration, limit_end, policy=self.config.policy, mix=self.mix
+        )
+        if found is None:
+            return None
+        start, placements, nodes = found
+        return self._make_option(job, facts, resolved, start, start + duration, placements, nodes, costs, footprint)
 
     def reserve(self, job: JobSpec, ready: datetime) -> Reservation | None:
         options = self.earliest(job, ready, self.config.reservation_pool_limit)
@@ -1702,6 +1864,22 @@ class _Market:
         self.state(facts).remove_leases(set(removed))
         fresh = self.option(job, facts, self.now_dt, start)
         return (fresh, removed) if fresh is not None else None
+
+
+def _demand_key(job: JobSpec) -> tuple:
+    """All that :func:`~scheduler.domain.demand.resolve` reads of a job."""
+    return (
+        job.stack,
+        job.capacity,
+        job.device_models,
+        job.accelerators_per_node,
+        job.accelerator_milli,
+        job.nodes,
+        job.cpu_milli_per_node,
+        job.memory_mib_per_node,
+        job.storage_gib_per_node,
+        job.accelerator_memory_gib,
+    )
 
 
 def _ncu(facts: PoolFacts, thousandths: int) -> float:
@@ -1943,7 +2121,10 @@ def quote(
 
 def _quote_on(market: _Market, job: JobSpec, *, now: datetime, limit: int) -> QuoteResult:
     ready = job.ready_at(now)
-    options = market.earliest(job, ready, market.config.quote_pool_limit)
+    part = market.partitions.get(job.stack)
+    # one evaluation of the static checks serves the ranking of the pools and the explanation
+    evaluation = None if part is None else market.evaluate(part, job, _us(ready), counts=True, open_now=False)
+    options = market.quote_options(job, ready, market.config.quote_pool_limit, limit, evaluation)
     for option in options:
         if len(options) > 1:
             option.frag = market.fragmentation_growth(option)
@@ -1952,7 +2133,7 @@ def _quote_on(market: _Market, job: JobSpec, *, now: datetime, limit: int) -> Qu
         market.assignment(job, o, tuple(NodeAllocation(p, o.resolved.demand) for p in o.placements))
         for o in options[:limit]
     )
-    return QuoteResult(options=chosen, explanation=market.explain(job, ready, occupancy=False))
+    return QuoteResult(options=chosen, explanation=market.explain(job, ready, occupancy=False, evaluation=evaluation))
 
 
 class QuoteMarket:

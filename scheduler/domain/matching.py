@@ -209,6 +209,7 @@ _CHUNK = 64  # pools listed for the exact checks at first (then all the rest), b
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
 _DEMANDS_KEPT = 256  # distinct demands whose resolution on the pools a market keeps (see _Market._resolutions)
+_FEW_NODES = 16  # a pool of at most this many nodes is read node by node (see _PoolState.few)
 _WINDOWS_KEPT = 64  # windows of one pool kept indexed (see _PoolState.window)
 
 _ARCH_IDS = {arch: i for i, arch in enumerate(CpuArchitecture)}
@@ -626,11 +627,19 @@ class _PoolState:
         return self._cluster
 
     def now_nodes(self) -> list[NodeState]:
-        """Each node's free capacity now: ``state_between(node, now, now + 1)`` (from :meth:`free_now`)."""
+        """Each node's free capacity now: ``state_between(node, now, now + 1)`` (from :meth:`free_now` on a
+        pool of more than a few nodes)."""
         if self._now is None:
-            cpu, memory, free = self.free_now()
-            self._now = NodeState.many(self.facts.node_shape, cpu.tolist(), memory.tolist(), free.tolist())
+            if self.few():
+                self._now = [self.state_between(i, self.now, self.now + 1) for i in range(len(self.base))]
+            else:
+                cpu, memory, free = self.free_now()
+                self._now = NodeState.many(self.facts.node_shape, cpu.tolist(), memory.tolist(), free.tolist())
         return self._now
+
+    def few(self) -> bool:
+        """Whether the pool has so few nodes that reading them one by one costs less than numpy's arrays."""
+        return len(self.base) <= _FEW_NODES
 
     def window(self, start: int, end: int) -> _Window:
         """The nodes' least free capacity over [start, end) (:meth:`free_between`). It depends only on which
@@ -691,6 +700,14 @@ class _PoolState:
                         return True
             return False
         if start == self.now and end <= self.future_start:
+            if self.few():
+                fitting = 0
+                for node in self.now_nodes():
+                    if node.fits(demand):
+                        fitting += 1
+                        if fitting >= count:
+                            return True
+                return False
             cpu, memory, free = self.free_now()
             known = self._now_fitting
         else:
@@ -977,7 +994,10 @@ class _Partition:
         if self.stale:
             stale, self.stale = self.stale, {}
             for i, state in stale.items():
-                self.refresh(i, *state.free_now())
+                if state.few():
+                    self.refresh_nodes(i, state.now_nodes())
+                else:
+                    self.refresh(i, *state.free_now())
 
     def refresh(self, i: int, cpu: np.ndarray, memory: np.ndarray, free: np.ndarray) -> None:
         """Pool i's summary of free capacity now, from its nodes' free CPU, memory and device shares
@@ -994,6 +1014,30 @@ class _Partition:
         self.nodes_with[i] = counts[::-1].cumsum()[::-1]  # nodes with at least k whole free devices
         self.most_cpu[i] = cpu.max(initial=0)
         self.most_memory[i] = memory.max(initial=0)
+        self.changed.append(i)
+
+    def refresh_nodes(self, i: int, nodes: Sequence[NodeState]) -> None:
+        """:meth:`refresh` from the nodes themselves."""
+        width = self.nodes_with.shape[1]
+        counts = [0] * width
+        largest = cpu = memory = 0
+        for node in nodes:
+            free = node.free_milli
+            if free:
+                counts[min(free.count(WHOLE_DEVICE_MILLI), width - 1)] += 1
+                largest = max(largest, max(free))
+            else:
+                counts[0] += 1
+            cpu = max(cpu, node.free_cpu_milli)
+            memory = max(memory, node.free_memory_mib)
+        running = 0
+        for k in range(width - 1, -1, -1):
+            running += counts[k]
+            counts[k] = running
+        self.nodes_with[i] = counts
+        self.largest_share[i] = largest
+        self.most_cpu[i] = cpu
+        self.most_memory[i] = memory
         self.changed.append(i)
 
     # -- cached masks ---------------------------------------------------------------------------------------------

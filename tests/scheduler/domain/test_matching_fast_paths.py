@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
+from unittest.mock import patch
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from marketplace.domain.units import SoftwareStack
+from scheduler.domain import matching
 from scheduler.domain.demand import Lease, MatchingConfig, NodeAllocation
 from scheduler.domain.matching import QuoteMarket, _Market, quote, schedule_cycle
 from scheduler.domain.packing import NodeState, Placement, SliceDemand
@@ -102,38 +104,49 @@ def _summary(nodes: list[NodeState], width: int) -> tuple[list[int], int, int, i
 
 
 @PROPERTY
-@given(scenario=markets(), offsets=st.lists(st.integers(-3, 3), min_size=1, max_size=8), data=st.data())
-def test_free_capacity_as_arrays_and_per_window_is_the_least_free_capacity_of_each_node(scenario, offsets, data):
+@given(
+    scenario=markets(),
+    few=st.sampled_from([0, 2, 10**6]),
+    offsets=st.lists(st.integers(-3, 3), min_size=1, max_size=8),
+    data=st.data(),
+)
+def test_free_capacity_as_arrays_and_per_window_is_the_least_free_capacity_of_each_node(scenario, few, offsets, data):
     market, leases, asked = scenario
-    engine = _Market(market, now=NOW, config=MatchingConfig(), leases=leases)
-    for pool_id, state in engine.states.items():
-        n = len(state.base)
-        now_nodes = [state.state_between(i, engine.now, engine.now + 1) for i in range(n)]
-        # the filter's summary, brought up to date when asked
-        stack, i = engine.where[pool_id]
-        part = engine.partitions[stack]
-        part._sync()
-        summary = (part.nodes_with[i].tolist(), part.largest_share[i], part.most_cpu[i], part.most_memory[i])
-        assert summary == _summary(now_nodes, part.nodes_with.shape[1])
-        assert state.now_nodes() == now_nodes
-        # windows starting and ending at, just before and just after the commitments' starts and ends
-        events = sorted({t for held in state.commitments for c in held for t in (c.start, c.end)} | {engine.now})
-        for _ in range(len(offsets)):
-            start = data.draw(st.sampled_from(events)) + data.draw(st.sampled_from(offsets))
-            end = start + data.draw(st.sampled_from([1, 2, 3_600_000_000, 3 * 3_600_000_000, 10**12]))
-            expected = [state.state_between(node, start, end) for node in range(n)]
-            window = state.window(start, end)
-            assert window.cluster(state.facts.node_shape).nodes == expected
-            for job in asked:
-                demand = SliceDemand(
-                    job.cpu_milli_per_node,
-                    job.memory_mib_per_node,
-                    accelerators=job.accelerators_per_node if state.facts.accelerated else 0,
-                    accelerator_milli=job.accelerator_milli if state.facts.accelerated else 0,
-                )
-                fitting = sum(1 for node in expected if node.fits(demand))
-                for count in (1, 2, 3):
-                    assert state.feasible(demand, count, start, end) == (fitting >= count)
+    with patch.object(matching, "_FEW_NODES", few):  # pools read node by node, as arrays, or either by size
+        engine = _Market(market, now=NOW, config=MatchingConfig(), leases=leases)
+        for pool_id, state in engine.states.items():
+            n = len(state.base)
+            now_nodes = [state.state_between(i, engine.now, engine.now + 1) for i in range(n)]
+            # the filter's summary, brought up to date when asked
+            stack, i = engine.where[pool_id]
+            part = engine.partitions[stack]
+            part._sync()
+            summary = (part.nodes_with[i].tolist(), part.largest_share[i], part.most_cpu[i], part.most_memory[i])
+            assert summary == _summary(now_nodes, part.nodes_with.shape[1])
+            assert state.now_nodes() == now_nodes
+            assert [a.tolist() for a in state.free_now()] == [
+                [node.free_cpu_milli for node in now_nodes],
+                [node.free_memory_mib for node in now_nodes],
+                [node.free_milli for node in now_nodes],
+            ]
+            # windows starting and ending at, just before and just after the commitments' starts and ends
+            events = sorted({t for held in state.commitments for c in held for t in (c.start, c.end)} | {engine.now})
+            for _ in range(len(offsets)):
+                start = data.draw(st.sampled_from(events)) + data.draw(st.sampled_from(offsets))
+                end = start + data.draw(st.sampled_from([1, 2, 3_600_000_000, 3 * 3_600_000_000, 10**12]))
+                expected = [state.state_between(node, start, end) for node in range(n)]
+                window = state.window(start, end)
+                assert window.cluster(state.facts.node_shape).nodes == expected
+                for job in asked:
+                    demand = SliceDemand(
+                        job.cpu_milli_per_node,
+                        job.memory_mib_per_node,
+                        accelerators=job.accelerators_per_node if state.facts.accelerated else 0,
+                        accelerator_milli=job.accelerator_milli if state.facts.accelerated else 0,
+                    )
+                    fitting = sum(1 for node in expected if node.fits(demand))
+                    for count in (1, 2, 3):
+                        assert state.feasible(demand, count, start, end) == (fitting >= count)
 
 
 @PROPERTY

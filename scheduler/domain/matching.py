@@ -2211,6 +2211,7 @@ class QuoteMarket:
         self._next_change = self._market.next_change  # the first start or end of a lease after it is prepared
         self._facts = self._market.facts
         self._mixes: dict[WorkloadMix | None, tuple[WorkloadMix | None, dict]] = {}
+        self._job_mixes: dict[tuple[int, int, int, int] | None, tuple[WorkloadMix | None, dict]] = {}
         self._lock = threading.Lock()
 
     def usable_at(self, now: datetime) -> bool:
@@ -2226,10 +2227,24 @@ class QuoteMarket:
             market.now, market.now_dt = moment, now
             for state in market.states.values():
                 state.now = moment
-        mix = self.config.mix if self.config.mix is not None else _queue_mix((job,), self.config.mix_size, self._facts)
-        # equal mixes share one object (the packing tables are found by identity) and one fragmentation memo
-        market.mix, market._frag_cache = self._mixes.setdefault(mix, (mix, {}))
+        market.mix, market._frag_cache = self._mix_of(job)
         return market
+
+    def _mix_of(self, job: JobSpec) -> tuple[WorkloadMix | None, dict]:
+        """The workload mix the job's quote measures fragmentation against, with its fragmentation memo; kept
+        per per-node demand (all that the mix reads of a job)."""
+        if job.stack is SoftwareStack.CPU or job.capacity is not None:
+            key = None
+        else:
+            key = (job.cpu_milli_per_node, job.memory_mib_per_node, job.accelerators_per_node, job.accelerator_milli)
+        found = self._job_mixes.get(key)
+        if found is None:
+            mix = self.config.mix
+            if mix is None:
+                mix = _queue_mix((job,), self.config.mix_size, self._facts)
+            # equal mixes share one object (the packing tables are found by identity) and one fragmentation memo
+            found = self._job_mixes[key] = self._mixes.setdefault(mix, (mix, {}))
+        return found
 
     def quote(self, job: JobSpec, *, now: datetime, limit: int = 3) -> QuoteResult:
         """:func:`quote` of the job on this market at ``now``."""

@@ -413,6 +413,7 @@ class _Window:
         self._cluster: Cluster | None = None
 
     def cluster(self, shape: NodeShape) -> Cluster:
+        """The nodes (of this shape) indexed by the packing module, built when first asked for."""
         if self._cluster is None:
             self._cluster = Cluster(NodeState.many(shape, self.cpu.tolist(), self.memory.tolist(), self.free.tolist()))
         return self._cluster
@@ -535,23 +536,23 @@ class _PoolState:
         if not active.any():
             return base_cpu.copy(), base_memory.copy(), base_free.copy()
         n, devices = base_free.shape
-        later = active & (starts > start)
-        moments = sorted({start, *starts[later].tolist()}) if later.any() else [start]
-        cpu_used = memory_used = share_used = None
-        for moment in moments:
+
+        def usage_at(moment: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             at = active & (starts <= moment) & (ends > moment)
             on = node[at]
+            shares = np.zeros((n, devices), dtype=np.int64)
+            np.add.at(shares, on, share[at])
             cpu_at = np.bincount(on, weights=cpu[at], minlength=n)  # sums of small integers: exact in float64
-            memory_at = np.bincount(on, weights=memory[at], minlength=n)
-            share_at = np.zeros((n, devices), dtype=np.int64)
-            np.add.at(share_at, on, share[at])
-            if cpu_used is None or memory_used is None or share_used is None:
-                cpu_used, memory_used, share_used = cpu_at, memory_at, share_at
-            else:
+            return cpu_at, np.bincount(on, weights=memory[at], minlength=n), shares
+
+        cpu_used, memory_used, share_used = usage_at(start)
+        later = active & (starts > start)
+        if later.any():
+            for moment in sorted(set(starts[later].tolist())):
+                cpu_at, memory_at, share_at = usage_at(moment)
                 cpu_used = np.maximum(cpu_used, cpu_at)
                 memory_used = np.maximum(memory_used, memory_at)
                 share_used = np.maximum(share_used, share_at)
-        assert cpu_used is not None and memory_used is not None and share_used is not None  # noqa: S101
         return (
             np.maximum(base_cpu - cpu_used.astype(np.int64), 0),
             np.maximum(base_memory - memory_used.astype(np.int64), 0),
@@ -983,7 +984,7 @@ class _Partition:
         self.stale: dict[int, _PoolState] = {}  # pools whose free capacity changed since, see update()
         for i, f in enumerate(facts):
             if f.pool.nodes is not None:
-                self.refresh(i, *_free_arrays(f.pool.nodes, f.node_shape.accelerators))
+                self.refresh_nodes(i, f.pool.nodes)
 
     def update(self, i: int, state: _PoolState) -> None:
         """Pool i's free capacity changed: its summary is refreshed from the state when next asked for (a

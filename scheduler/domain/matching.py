@@ -73,6 +73,16 @@ as fragmentation: placements leave nodes either full or whole. On a pool
 where nothing is committed every node is whole and identical, and the first
 nodes and devices are taken without asking the packer.
 
+**Quotes** (:func:`quote`, :class:`QuoteMarket`): of the pools that pass the
+filter, up to ``quote_pool_limit`` in the objective's order each get their
+earliest feasible start, and the best ``limit`` options by the objective's
+keys are offered. A pool's first two keys are known before it is packed (the
+cost in fen and the western preference; the carbon and the adjusted cost; or
+the adjusted cost and a lower bound of the start, the later of the job's
+ready time and the offer's opening), so pools are packed in that order and,
+once ``limit`` options are found, the pools whose first keys come after the
+``limit``-th best's are not packed: they could not be offered.
+
 **Cycle** (:func:`schedule_cycle`): jobs come in fair-share order
 (:mod:`scheduler.domain.queueing`: lowest dominant share first, priority and
 ageing). A cycle places a job at its ready time (now, or its earliest start if
@@ -127,17 +137,19 @@ from __future__ import annotations
 
 import heapq
 import threading
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
 
 import numpy as np
 
 from billing.domain.money import to_fen
 from core.errors import ApplicationError
 from marketplace.domain.geography import CITIES, HUBS
-from marketplace.domain.units import ComputeClass, CpuArchitecture, SoftwareStack, ncu_hours
+from marketplace.domain.units import ComputeClass, CpuArchitecture, Precision, SoftwareStack, ncu_hours
 from scheduler.domain.demand import (
     REASON_ORDER,
     JobSpec,
@@ -158,6 +170,7 @@ from scheduler.domain.demand import (
     static_reason,
 )
 from scheduler.domain.packing import (
+    WHOLE_DEVICE_MILLI,
     Cluster,
     NodeShape,
     NodeState,
@@ -195,6 +208,9 @@ WHOLE_NODE_SHARE = 0.2  # of the workload mix: whole-node demands, one per node 
 _CHUNK = 64  # pools listed for the exact checks at first (then all the rest), best first
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
+_DEMANDS_KEPT = 256  # distinct demands whose resolution on the pools a market keeps (see _Market._resolutions)
+_FEW_NODES = 16  # a pool of at most this many nodes is read node by node (see _PoolState.few)
+_WINDOWS_KEPT = 64  # windows of one pool kept indexed (see _PoolState.window)
 
 _ARCH_IDS = {arch: i for i, arch in enumerate(CpuArchitecture)}
 _HUB_IDS = {code: i for i, code in enumerate(HUBS)}
@@ -368,7 +384,6 @@ class _Commitment:
         end: int,
         placement: Placement,
         demand: SliceDemand,
-        *,
         kind: str,
         lease_id: str | None = None,
         job_id: str = "",
@@ -386,12 +401,41 @@ class _Commitment:
         self.interruptible = interruptible
 
 
+class _Window:
+    """The nodes' least free capacity over one window, as arrays (CPU and memory per node, share per node and
+    device), and the packing module's index of those nodes once a placement needs it. Never changed."""
+
+    __slots__ = ("_cluster", "cpu", "fitting", "free", "memory")
+
+    def __init__(self, cpu: np.ndarray, memory: np.ndarray, free: np.ndarray) -> None:
+        self.cpu, self.memory, self.free = cpu, memory, free
+        self.fitting: dict[SliceDemand, int] = {}  # nodes that could hold a demand, as asked
+        self._cluster: Cluster | None = None
+
+    def cluster(self, shape: NodeShape) -> Cluster:
+        """The nodes (of this shape) indexed by the packing module, built when first asked for."""
+        if self._cluster is None:
+            self._cluster = Cluster(NodeState.many(shape, self.cpu.tolist(), self.memory.tolist(), self.free.tolist()))
+        return self._cluster
+
+
 class _PoolState:
-    """The nodes of one pool: free capacity outside the market, and the market's commitments on each node."""
+    """The nodes of one pool: free capacity outside the market, and the market's commitments on each node.
+
+    What depends only on the commitments is kept until they change: the commitments as arrays, the free
+    capacity now (as arrays, and as nodes once a placement needs them), the distinct ends of the commitments,
+    and the nodes' least free capacity over the windows asked for (:meth:`window`)."""
 
     __slots__ = (
+        "_arrays",
+        "_base_arrays",
         "_cluster",
+        "_ends",
+        "_events",
+        "_held",
         "_now",
+        "_now_fitting",
+        "_windows",
         "base",
         "commitments",
         "facts",
@@ -405,15 +449,23 @@ class _PoolState:
         self.facts = facts
         self.now = now
         given = facts.pool.nodes
+        # never changed in place (states derived from them are copies), so whole nodes share one object
         self.base = (
             [node.copy() for node in given]
             if given is not None
-            else [NodeState.empty(facts.node_shape) for _ in range(facts.nodes_offered)]
+            else [NodeState.empty(facts.node_shape)] * facts.nodes_offered
         )
         self.commitments: list[list[_Commitment]] = [[] for _ in self.base]
         self.future_start = _NEVER  # earliest start of a commitment that starts after now
         self._cluster: Cluster | None = None
         self._now: list[NodeState] | None = None  # free capacity now (the cluster's nodes, once it exists)
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # free capacity now, see free_now
+        self._now_fitting: dict[SliceDemand, int] = {}  # nodes that could hold a demand now (with _arrays)
+        self._base_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # ``base`` as arrays
+        self._held: tuple[np.ndarray, ...] | None = None  # the commitments as arrays, see _held_arrays
+        self._ends: list[int] | None = None  # distinct ends of the commitments, ascending
+        self._events: list[int] | None = None  # distinct starts and ends of the commitments, ascending
+        self._windows: dict[tuple[int, int], _Window] = {}  # see window()
         self.pristine = given is None  # every node whole and nothing committed
         self.interruptible = 0  # interruptible lease commitments held (candidates for preemption)
 
@@ -422,6 +474,9 @@ class _PoolState:
             raise ValueError(f"pool {self.facts.pool.pool_id} has no node {node}")
         self.commitments[node].append(commitment)
         self.pristine = False
+        self._arrays = self._held = self._ends = self._events = None
+        if self._windows:
+            self._windows = {}
         if commitment.interruptible and commitment.kind == "lease":
             self.interruptible += 1
         if commitment.start > self.now:
@@ -443,6 +498,8 @@ class _PoolState:
         )
         self._cluster = None
         self._now = None
+        self._arrays = self._held = self._ends = self._events = None
+        self._windows = {}
         return removed
 
     def state_between(self, node: int, start: int, end: int, exclude: frozenset[str] = frozenset()) -> NodeState:
@@ -466,12 +523,102 @@ class _PoolState:
                 c_cpu, c_memory, c_used = _usage(at, devices)
                 cpu, memory = max(cpu, c_cpu), max(memory, c_memory)
                 used = [max(a, b) for a, b in zip(used, c_used, strict=True)]
-        return NodeState(
-            base.shape,
-            max(0, base.free_cpu_milli - cpu),
-            max(0, base.free_memory_mib - memory),
-            [max(0, f - u) for f, u in zip(base.free_milli, used, strict=True)],
+        return base.less(cpu, memory, used)
+
+    def free_between(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`state_between` of every node as (new) arrays: free CPU and memory per node, free share per
+        node and device. The usage of a node only grows when one of its commitments starts, so its most over
+        the window is its usage at ``start`` or at a start inside the window (at the starts of other nodes'
+        commitments it is no more than that)."""
+        node, starts, ends, cpu, memory, share = self._held_arrays()
+        base_cpu, base_memory, base_free = self._base()
+        active = (starts < end) & (ends > start)
+        if not active.any():
+            return base_cpu.copy(), base_memory.copy(), base_free.copy()
+        n, devices = base_free.shape
+
+        def usage_at(moment: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            at = active & (starts <= moment) & (ends > moment)
+            on = node[at]
+            shares = np.zeros((n, devices), dtype=np.int64)
+            np.add.at(shares, on, share[at])
+            cpu_at = np.bincount(on, weights=cpu[at], minlength=n)  # sums of small integers: exact in float64
+            return cpu_at, np.bincount(on, weights=memory[at], minlength=n), shares
+
+        cpu_used, memory_used, share_used = usage_at(start)
+        later = active & (starts > start)
+        if later.any():
+            for moment in sorted(set(starts[later].tolist())):
+                cpu_at, memory_at, share_at = usage_at(moment)
+                cpu_used = np.maximum(cpu_used, cpu_at)
+                memory_used = np.maximum(memory_used, memory_at)
+                share_used = np.maximum(share_used, share_at)
+        return (
+            np.maximum(base_cpu - cpu_used.astype(np.int64), 0),
+            np.maximum(base_memory - memory_used.astype(np.int64), 0),
+            np.maximum(base_free - share_used, 0),
         )
+
+    def _base(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``base`` as arrays (never changed)."""
+        if self._base_arrays is None:
+            shape = self.facts.node_shape
+            n = len(self.base)
+            if self.facts.pool.nodes is None:
+                self._base_arrays = (
+                    np.full(n, shape.cpu_milli, dtype=np.int64),
+                    np.full(n, shape.memory_mib, dtype=np.int64),
+                    np.full((n, shape.accelerators), WHOLE_DEVICE_MILLI, dtype=np.int64),
+                )
+            else:
+                self._base_arrays = _free_arrays(self.base, shape.accelerators)
+        return self._base_arrays
+
+    def _held_arrays(self) -> tuple[np.ndarray, ...]:
+        """The commitments as arrays, one entry per commitment: node, start, end, CPU, memory, and the share
+        taken on each device of the node (devices the node does not have are ignored)."""
+        if self._held is None:
+            devices = self.facts.node_shape.accelerators
+            node: list[int] = []
+            start: list[int] = []
+            end: list[int] = []
+            cpu: list[int] = []
+            memory: list[int] = []
+            taken: dict[tuple[tuple[int, ...], int], list[int]] = {}  # (devices, share on each) -> commitments
+            for i, held in enumerate(self.commitments):
+                for c in held:
+                    if c.placement.devices:
+                        taken.setdefault((c.placement.devices, c.placement.accelerator_milli), []).append(len(node))
+                    node.append(i)
+                    start.append(c.start)
+                    end.append(c.end)
+                    cpu.append(c.demand.cpu_milli)
+                    memory.append(c.demand.memory_mib)
+            share = np.zeros((len(node), devices), dtype=np.int64)
+            for (on, milli), rows in taken.items():
+                columns = [d for d in on if 0 <= d < devices]
+                if columns:
+                    np.add.at(share, (np.array(rows)[:, None], np.array(columns)[None, :]), milli)
+            self._held = (
+                np.array(node, dtype=np.intp),
+                np.array(start, dtype=np.int64),
+                np.array(end, dtype=np.int64),
+                np.array(cpu, dtype=np.int64),
+                np.array(memory, dtype=np.int64),
+                share,
+            )
+        return self._held
+
+    def free_now(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The nodes' free capacity now as arrays (the state :meth:`now_nodes` holds, without building the
+        nodes): ``free_between(now, now + 1)``, or read from the nodes once they exist."""
+        if self._arrays is None:
+            if self._now is not None:
+                self._arrays = _free_arrays(self._now, self.facts.node_shape.accelerators)
+            else:
+                self._arrays = self.free_between(self.now, self.now + 1)
+            self._now_fitting = {}
+        return self._arrays
 
     def cluster(self) -> Cluster:
         """The nodes' free capacity now, indexed by the packing module (built when first needed)."""
@@ -481,9 +628,34 @@ class _PoolState:
         return self._cluster
 
     def now_nodes(self) -> list[NodeState]:
+        """Each node's free capacity now: ``state_between(node, now, now + 1)`` (from :meth:`free_now` on a
+        pool of more than a few nodes)."""
         if self._now is None:
-            self._now = [self.state_between(i, self.now, self.now + 1) for i in range(len(self.base))]
+            if self.few():
+                self._now = [self.state_between(i, self.now, self.now + 1) for i in range(len(self.base))]
+            else:
+                cpu, memory, free = self.free_now()
+                self._now = NodeState.many(self.facts.node_shape, cpu.tolist(), memory.tolist(), free.tolist())
         return self._now
+
+    def few(self) -> bool:
+        """Whether the pool has so few nodes that reading them one by one costs less than numpy's arrays."""
+        return len(self.base) <= _FEW_NODES
+
+    def window(self, start: int, end: int) -> _Window:
+        """The nodes' least free capacity over [start, end) (:meth:`free_between`). It depends only on which
+        commitments start or end before ``start`` and before ``end``, so it is kept by those two counts until
+        the commitments change."""
+        events = self._events
+        if events is None:
+            events = self._events = sorted({t for held in self.commitments for c in held for t in (c.start, c.end)})
+        key = (bisect_right(events, start), bisect_left(events, end))
+        window = self._windows.get(key)
+        if window is None:
+            if len(self._windows) >= _WINDOWS_KEPT:
+                self._windows = {}
+            window = self._windows[key] = _Window(*self.free_between(start, end))
+        return window
 
     def place(
         self,
@@ -503,13 +675,16 @@ class _PoolState:
             devices = (0,) if demand.accelerator_milli else tuple(range(demand.accelerators))
             milli = demand.accelerator_milli or (1000 if demand.accelerators else 0)
             return tuple(Placement(i, devices, milli) for i in range(count)), self.base
-        if start == self.now and end <= self.future_start and not exclude:
+        if exclude:
+            nodes = [self.state_between(i, start, end, exclude) for i in range(len(self.base))]
+            placed = place_gang(nodes, demand, count, policy=policy, mix=mix)
+            return None if placed is None else (placed, nodes)
+        if start == self.now and end <= self.future_start:
             cluster = self.cluster()
-            placed = cluster.place_gang(demand, count, policy=policy, mix=mix)
-            return None if placed is None else (placed, cluster.nodes)
-        nodes = [self.state_between(i, start, end, exclude) for i in range(len(self.base))]
-        placed = place_gang(nodes, demand, count, policy=policy, mix=mix)
-        return None if placed is None else (placed, nodes)
+        else:
+            cluster = self.window(start, end).cluster(self.facts.node_shape)
+        placed = cluster.place_gang(demand, count, policy=policy, mix=mix)
+        return None if placed is None else (placed, cluster.nodes)
 
     def feasible(
         self, demand: SliceDemand, count: int, start: int, end: int, exclude: frozenset[str] = frozenset()
@@ -517,17 +692,32 @@ class _PoolState:
         """Whether ``count`` distinct nodes could each hold the demand over [start, end) (what a gang needs)."""
         if self.pristine:
             return count <= len(self.base) and self.base[0].fits(demand)
-        if start == self.now and end <= self.future_start and not exclude:
-            nodes: Iterable[NodeState] = self.now_nodes()
+        if exclude:
+            fitting = 0
+            for i in range(len(self.base)):
+                if self.state_between(i, start, end, exclude).fits(demand):
+                    fitting += 1
+                    if fitting >= count:
+                        return True
+            return False
+        if start == self.now and end <= self.future_start:
+            if self.few():
+                fitting = 0
+                for node in self.now_nodes():
+                    if node.fits(demand):
+                        fitting += 1
+                        if fitting >= count:
+                            return True
+                return False
+            cpu, memory, free = self.free_now()
+            known = self._now_fitting
         else:
-            nodes = (self.state_between(i, start, end, exclude) for i in range(len(self.base)))
-        fitting = 0
-        for node in nodes:
-            if node.fits(demand):
-                fitting += 1
-                if fitting >= count:
-                    return True
-        return False
+            window = self.window(start, end)
+            cpu, memory, free, known = window.cpu, window.memory, window.free, window.fitting
+        fitting = known.get(demand)
+        if fitting is None:
+            fitting = known[demand] = _fitting(self.facts.node_shape, demand, cpu, memory, free)
+        return fitting >= count
 
     def earliest(
         self,
@@ -540,9 +730,12 @@ class _PoolState:
         policy: str,
         mix: WorkloadMix | None,
     ) -> tuple[int, tuple[Placement, ...], list[NodeState]] | None:
-        """The earliest start >= ready (ending by ``limit``) at which the gang fits, with its placement."""
-        ends = {c.end for held in self.commitments for c in held if c.end > ready}
-        for start in sorted({ready} | ends):
+        """The earliest start >= ready (ending by ``limit``) at which the gang fits, with its placement:
+        ``ready`` or the end of a commitment (free capacity only grows when a commitment ends)."""
+        ends = self._ends
+        if ends is None:
+            ends = self._ends = sorted({c.end for held in self.commitments for c in held})
+        for start in [ready, *ends[bisect_right(ends, ready) :]]:
             if start + duration > limit:
                 break
             if not self.feasible(demand, count, start, start + duration):
@@ -561,6 +754,27 @@ class _PoolState:
                 if c.kind == "lease" and c.interruptible and c.lease_id and c.start < end and c.end > start:
                     found.setdefault(c.lease_id, []).append(c)
         return found
+
+
+def _fitting(shape: NodeShape, demand: SliceDemand, cpu: np.ndarray, memory: np.ndarray, free: np.ndarray) -> int:
+    """How many of the nodes (of one shape; free capacity as arrays) could hold the demand: ``NodeState.fits``."""
+    if not demand.allows(shape.accelerator_model):
+        return 0
+    ok = (cpu >= demand.cpu_milli) & (memory >= demand.memory_mib)
+    if demand.accelerator_milli:
+        ok &= free.max(axis=1, initial=0) >= demand.accelerator_milli
+    elif demand.accelerators:
+        ok &= np.count_nonzero(free == WHOLE_DEVICE_MILLI, axis=1) >= demand.accelerators
+    return int(np.count_nonzero(ok))
+
+
+def _free_arrays(nodes: Sequence[NodeState], devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Free CPU and memory per node and free share per node and device, as (new) arrays."""
+    return (
+        np.array([node.free_cpu_milli for node in nodes], dtype=np.int64),
+        np.array([node.free_memory_mib for node in nodes], dtype=np.int64),
+        np.array([node.free_milli for node in nodes], dtype=np.int64).reshape(len(nodes), devices),
+    )
 
 
 def _usage(commitments: Iterable[_Commitment], devices: int) -> tuple[int, int, list[int]]:
@@ -724,43 +938,37 @@ class _Partition:
         n = self.n = len(facts)
         self.position = {f.pool.pool_id: i for i, f in enumerate(facts)}
 
-        def arr(values: Iterable[object], dtype: type | str) -> np.ndarray:
-            return np.fromiter(values, dtype=dtype, count=n)
-
-        pools = [f.pool for f in facts]
+        rows = [_pool_row(f) for f in facts]
+        ints = np.array([row[0] for row in rows], dtype=np.int64).reshape(n, -1).T
+        floats = np.array([row[1] for row in rows], dtype=float).reshape(n, -1).T
         self.model_ids = model_ids
-        self.arch = arr((_ARCH_IDS[p.cpu_architecture] for p in pools), np.int8)
-        self.model = arr((model_ids.get(f.model or "", 0) for f in facts), np.int32)
-        self.domestic = arr((p.domestic for p in pools), bool)
-        self.verified = arr((p.provider_verified for p in pools), bool)
-        self.hub = arr((_HUB_IDS.get(p.hub, len(_HUB_IDS)) for p in pools), np.int16)
-        self.city = arr((_site_column(p) for p in pools), np.int16)
-        self.for_on_demand = arr((p.pricing_type is not PricingType.INTERRUPTIBLE for p in pools), bool)
-        self.sharing = arr((p.sharing_allowed for p in pools), bool)
-        self.units = arr((f.units_per_node for f in facts), np.int64)
+        self.arch = ints[0].astype(np.int8)
+        self.model = np.fromiter((model_ids.get(f.model or "", 0) for f in facts), dtype=np.int32, count=n)
+        self.domestic = ints[1].astype(bool)
+        self.verified = ints[2].astype(bool)
+        self.hub = ints[3].astype(np.int16)
+        self.city = ints[4].astype(np.int16)
+        self.for_on_demand = ints[5].astype(bool)
+        self.sharing = ints[6].astype(bool)
+        self.units = ints[7].copy()
         self.units_safe = np.maximum(self.units, 1)
-        self.node_cpu = arr((f.node_shape.cpu_milli for f in facts), np.int64)
+        self.node_cpu = ints[8].copy()
         self.node_cpu_safe = np.maximum(self.node_cpu, 1)
-        self.node_memory = arr((f.node_shape.memory_mib for f in facts), np.int64)
-        self.storage = arr((p.node_storage_gib for p in pools), np.int64)
-        self.device_memory = arr((float(p.accelerator_memory_gib) for p in pools), float)
-        self.offered = arr((f.nodes_offered for f in facts), np.int64)
-        self.ncu_unit = arr((float(f.ncu_per_unit) for f in facts), float)
-        self.tflops = {
-            precision: arr((float(f.tflops(precision)) for f in facts), float)
-            for precision, _ in facts[0].tflops_per_unit
-        }
-        self.min_lease = arr((p.min_lease // _US for p in pools), np.int64)
-        self.max_lease = arr((_NEVER if p.max_lease is None else p.max_lease // _US for p in pools), np.int64)
-        self.window_start = arr((_us(p.window_start) for p in pools), np.int64)
-        self.window_end = arr((_NEVER if p.window_end is None else _us(p.window_end) for p in pools), np.int64)
-        self.price = arr((float(p.unit_price) for p in pools), float)
-        self.reliability = arr((float(p.provider_reliability) for p in pools), float)
-        self.west = arr((f.west for f in facts), bool)
-        self.power_kw = arr((float(p.unit_power_w) / 1000 for p in pools), float)
-        self.carbon_per_kwh = arr(
-            (float(p.pue) * float(p.grid_carbon_kg_per_kwh) * (1 - float(p.green_share)) for p in pools), float
-        )
+        self.node_memory = ints[9].copy()
+        self.storage = ints[10].copy()
+        self.offered = ints[11].copy()
+        self.min_lease = ints[12].copy()
+        self.max_lease = ints[13].copy()
+        self.window_start = ints[14].copy()
+        self.window_end = ints[15].copy()
+        self.west = ints[16].astype(bool)
+        self.device_memory = floats[0].copy()
+        self.ncu_unit = floats[1].copy()
+        self.price = floats[2].copy()
+        self.reliability = floats[3].copy()
+        self.power_kw = floats[4].copy()
+        self.carbon_per_kwh = floats[5].copy()
+        self.tflops = {precision: floats[6 + k].copy() for k, precision in enumerate(Precision)}
         self.cost_factor = 1.0 + float(config.reliability_weight) * (1.0 - self.reliability)
         self.all_verified = bool(self.verified.all())
         self.all_on_demand = bool(self.for_on_demand.all())
@@ -773,18 +981,51 @@ class _Partition:
         self.most_cpu = self.node_cpu.copy()
         self.most_memory = self.node_memory.copy()
         self.changed: list[int] = []  # pools refreshed, in order (for the demands' cached room, see room())
+        self.stale: dict[int, _PoolState] = {}  # pools whose free capacity changed since, see update()
         for i, f in enumerate(facts):
             if f.pool.nodes is not None:
-                self.refresh(i, list(f.pool.nodes))
+                self.refresh_nodes(i, f.pool.nodes)
 
-    def refresh(self, i: int, nodes: Sequence[NodeState]) -> None:
+    def update(self, i: int, state: _PoolState) -> None:
+        """Pool i's free capacity changed: its summary is refreshed from the state when next asked for (a
+        market built for quotes of the cheapest or greenest objective never asks)."""
+        self.stale[i] = state
+
+    def _sync(self) -> None:
+        if self.stale:
+            stale, self.stale = self.stale, {}
+            for i, state in stale.items():
+                if state.few():
+                    self.refresh_nodes(i, state.now_nodes())
+                else:
+                    self.refresh(i, *state.free_now())
+
+    def refresh(self, i: int, cpu: np.ndarray, memory: np.ndarray, free: np.ndarray) -> None:
+        """Pool i's summary of free capacity now, from its nodes' free CPU, memory and device shares
+        (:meth:`_PoolState.free_now`)."""
+        width = self.nodes_with.shape[1]
+        if free.size:
+            whole = np.count_nonzero(free == WHOLE_DEVICE_MILLI, axis=1)
+            counts = np.bincount(np.minimum(whole, width - 1), minlength=width)
+            self.largest_share[i] = free.max()
+        else:  # no node, or nodes without accelerators
+            counts = np.zeros(width, dtype=np.int64)
+            counts[0] = len(cpu)
+            self.largest_share[i] = 0
+        self.nodes_with[i] = counts[::-1].cumsum()[::-1]  # nodes with at least k whole free devices
+        self.most_cpu[i] = cpu.max(initial=0)
+        self.most_memory[i] = memory.max(initial=0)
+        self.changed.append(i)
+
+    def refresh_nodes(self, i: int, nodes: Sequence[NodeState]) -> None:
+        """:meth:`refresh` from the nodes themselves."""
         width = self.nodes_with.shape[1]
         counts = [0] * width
         largest = cpu = memory = 0
         for node in nodes:
             free = node.free_milli
             if free:
-                counts[min(free.count(1000), width - 1)] += 1
+                counts[min(free.count(WHOLE_DEVICE_MILLI), width - 1)] += 1
                 largest = max(largest, max(free))
             else:
                 counts[0] += 1
@@ -870,6 +1111,7 @@ class _Partition:
     def room(self, view: _DemandView) -> np.ndarray:
         """``has_room`` of every pool for the demand, kept per demand and brought up to date only for the pools
         whose free capacity changed since it was last asked (the partition logs them)."""
+        self._sync()
         if view.room is None:
             view.room = self.has_room(view, np.arange(self.n))
         elif view.synced < len(self.changed):
@@ -880,11 +1122,58 @@ class _Partition:
 
     def has_room(self, view: _DemandView, idx: np.ndarray) -> np.ndarray:
         """For pools ``idx``: whether their free capacity now could hold the demand (a necessary condition)."""
+        self._sync()
         milli = view.milli[idx]
         width = self.nodes_with.shape[1]
         whole_ok = self.nodes_with[idx, np.minimum(view.whole[idx], width - 1)] >= view.count[idx]
         enough = np.where(milli > 0, self.largest_share[idx] >= milli, whole_ok)
         return enough & (self.most_cpu[idx] >= view.cpu[idx]) & (self.most_memory[idx] >= view.memory[idx])
+
+
+_ROWS: dict[int, tuple[PoolFacts, tuple[int, ...], tuple[float, ...]]] = {}
+_ROWS_KEPT = 8192
+
+
+def _pool_row(facts: PoolFacts) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The pool's entries in the arrays of a partition (all but its model id, numbered per market): integers
+    (and flags) and floats. Kept by the identity of the facts: an unchanged offer has the same facts in every
+    market (:func:`~scheduler.domain.demand.pool_facts` is memoised), so a market built again reuses them."""
+    cached = _ROWS.get(id(facts))
+    if cached is not None and cached[0] is facts:
+        return cached[1], cached[2]
+    p = facts.pool
+    ints = (
+        _ARCH_IDS[p.cpu_architecture],
+        p.domestic,
+        p.provider_verified,
+        _HUB_IDS.get(p.hub, len(_HUB_IDS)),
+        _site_column(p),
+        p.pricing_type is not PricingType.INTERRUPTIBLE,
+        p.sharing_allowed,
+        facts.units_per_node,
+        facts.node_shape.cpu_milli,
+        facts.node_shape.memory_mib,
+        p.node_storage_gib,
+        facts.nodes_offered,
+        p.min_lease // _US,
+        _NEVER if p.max_lease is None else p.max_lease // _US,
+        _us(p.window_start),
+        _NEVER if p.window_end is None else _us(p.window_end),
+        facts.west,
+    )
+    floats = (
+        float(p.accelerator_memory_gib),
+        float(facts.ncu_per_unit),
+        float(p.unit_price),
+        float(p.provider_reliability),
+        float(p.unit_power_w) / 1000,
+        float(p.pue) * float(p.grid_carbon_kg_per_kwh) * (1 - float(p.green_share)),
+        *(float(facts.tflops(precision)) for precision in Precision),
+    )
+    if len(_ROWS) >= _ROWS_KEPT:
+        _ROWS.clear()
+    _ROWS[id(facts)] = (facts, ints, floats)
+    return ints, floats
 
 
 @dataclass(slots=True)
@@ -907,6 +1196,10 @@ class _Evaluation:
         assert self.view is not None  # noqa: S101
         rate = self.view.adjusted_rate_west if self.west else self.view.adjusted_rate
         return float(rate[j]) * self.hours
+
+
+_Costs = tuple[Decimal, float, bool]  # estimated cost, adjusted cost, western-preferred
+_Footprint = tuple[Decimal, Decimal]  # energy (kWh), carbon (kg)
 
 
 @dataclass(slots=True)
@@ -960,21 +1253,19 @@ class _Market:
         self.where = {
             f.pool.pool_id: (stack, i) for stack, part in self.partitions.items() for i, f in enumerate(part.facts)
         }
+        self.facts = facts
         self.states: dict[str, _PoolState] = {}
-        self.class_capacity: dict[ComputeClass, float] = {}
-        for f in facts:
-            units = f.nodes_offered * f.units_per_node * f.ncu_per_unit
-            self.class_capacity[f.compute_class] = self.class_capacity.get(f.compute_class, 0.0) + float(units)
-        self.usage: dict[str, dict[ComputeClass, float]] = {}
-        self.lease_ncu: dict[str, tuple[str, ComputeClass, float, str]] = {}
+        self.next_change = _NEVER  # the first start or end of a lease after now (offered pool or not)
+        self._held: list[tuple[Lease, PoolFacts, int]] = []  # leases loaded, with their thousandths of units
         for lease in leases:
             self._load(lease)
-        for stack, part in self.partitions.items():
-            for pool_id, state in self.states.items():
-                if self.where[pool_id][0] is stack:
-                    part.refresh(self.where[pool_id][1], state.now_nodes())
+        for pool_id, state in self.states.items():
+            stack, i = self.where[pool_id]
+            self.partitions[stack].update(i, state)
         self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
         self._frag_cache: dict[tuple[NodeShape, int, int, tuple[int, ...]], float] = {}
+        self._resolutions_kept: dict[tuple, dict[str, Resolved | Reason]] = {}  # see _resolutions
+        self._prices_kept: dict[tuple, dict[str, tuple[_Costs, Decimal]]] = {}  # see _prices
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -990,32 +1281,55 @@ class _Market:
 
     def _load(self, lease: Lease) -> None:
         start, end = _us(lease.start), _us(lease.end)
-        if end <= self.now or lease.pool_id not in self.where:
+        now = self.now
+        if now < start < self.next_change:
+            self.next_change = start
+        if now < end < self.next_change:
+            self.next_change = end
+        if end <= now or lease.pool_id not in self.where:
             return  # over, or on a pool no longer offered: it holds nothing the cycle can give
         facts = self.facts_of(lease.pool_id)
         state = self.state(facts)
-        units = _ZERO
+        nodes, accelerated = len(state.base), facts.accelerated
+        lease_id, job_id, org_id, interruptible = lease.lease_id, lease.job_id, lease.org_id, lease.interruptible
+        thousandths = 0  # of a device or of a core, summed exactly (units = thousandths / 1000)
         for allocation in lease.allocations:
-            if not 0 <= allocation.placement.node < len(state.base):
+            placement, demand = allocation.placement, allocation.demand
+            if not 0 <= placement.node < nodes:
                 continue  # a node no longer offered: nothing the cycle could give
-            commitment = _Commitment(
-                start,
-                end,
-                allocation.placement,
-                allocation.demand,
-                kind="lease",
-                lease_id=lease.lease_id,
-                job_id=lease.job_id,
-                org_id=lease.org_id,
-                interruptible=lease.interruptible,
+            state.add(
+                placement.node,
+                _Commitment(start, end, placement, demand, "lease", lease_id, job_id, org_id, interruptible),
             )
-            state.add(allocation.placement.node, commitment)
-            units += _allocation_units(facts, allocation)
-        ncu = float(units * facts.ncu_per_unit)
-        self.lease_ncu[lease.lease_id] = (lease.org_id, facts.compute_class, ncu, lease.job_id)
-        if start <= self.now:
-            held = self.usage.setdefault(lease.org_id, {})
-            held[facts.compute_class] = held.get(facts.compute_class, 0.0) + ncu
+            thousandths += demand.accelerator_thousandths if accelerated else demand.cpu_milli
+        self._held.append((lease, facts, thousandths))
+
+    @cached_property
+    def class_capacity(self) -> dict[ComputeClass, float]:
+        """NCU offered per compute class (for fair share; computed when a cycle first asks)."""
+        capacity: dict[ComputeClass, float] = {}
+        for f in self.facts:
+            units = f.nodes_offered * f.units_per_node * f.ncu_per_unit
+            capacity[f.compute_class] = capacity.get(f.compute_class, 0.0) + float(units)
+        return capacity
+
+    @cached_property
+    def lease_ncu(self) -> dict[str, tuple[str, ComputeClass, float, str]]:
+        """Per lease loaded: its organisation, compute class, NCU held and job."""
+        return {
+            lease.lease_id: (lease.org_id, facts.compute_class, _ncu(facts, thousandths), lease.job_id)
+            for lease, facts, thousandths in self._held
+        }
+
+    @cached_property
+    def usage(self) -> dict[str, dict[ComputeClass, float]]:
+        """NCU held now per organisation and compute class, by the leases loaded (for fair share)."""
+        usage: dict[str, dict[ComputeClass, float]] = {}
+        for lease, facts, thousandths in self._held:
+            if _us(lease.start) <= self.now:
+                held = usage.setdefault(lease.org_id, {})
+                held[facts.compute_class] = held.get(facts.compute_class, 0.0) + _ncu(facts, thousandths)
+        return usage
 
     # -- filter -----------------------------------------------------------------------------------------------------
 
@@ -1131,15 +1445,11 @@ class _Market:
         end: int,
         placements: tuple[Placement, ...],
         nodes_used: list[NodeState],
+        costs: _Costs | None = None,
+        footprint: _Footprint | None = None,
     ) -> _Option:
-        pool = facts.pool
-        hours = duration_hours(job.duration)
-        cost = estimated_cost(pool, resolved, job)
-        energy = pool.unit_power_w * resolved.units * hours * Decimal(pool.pue) / 1000
-        carbon = energy * Decimal(pool.grid_carbon_kg_per_kwh) * (_ONE - Decimal(pool.green_share))
-        west = facts.west and job.tolerates_latency(self.config.latency_tolerant_ms)
-        factor = 1.0 + float(self.config.reliability_weight) * (1.0 - float(pool.provider_reliability))
-        adjusted = float(cost) * factor * ((1.0 - float(self.config.west_price_tolerance)) if west else 1.0)
+        cost, adjusted, west = costs or self._costs(job, facts, resolved)
+        energy, carbon = footprint or self._footprint(job, facts, resolved)
         return _Option(
             facts=facts,
             resolved=resolved,
@@ -1148,10 +1458,31 @@ class _Market:
             placements=placements,
             nodes_used=nodes_used,
             cost=cost,
-            energy_kwh=energy.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
-            carbon_kg=carbon.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
+            energy_kwh=energy,
+            carbon_kg=carbon,
             adjusted=adjusted,
             west_preferred=west,
+        )
+
+    def _costs(self, job: JobSpec, facts: PoolFacts, resolved: Resolved) -> _Costs:
+        """The estimated cost of the job on this pool, its adjusted cost, and whether the pool is
+        western-preferred for the job (whatever the placement)."""
+        pool = facts.pool
+        cost = estimated_cost(pool, resolved, job)
+        west = facts.west and job.tolerates_latency(self.config.latency_tolerant_ms)
+        factor = 1.0 + float(self.config.reliability_weight) * (1.0 - float(pool.provider_reliability))
+        adjusted = float(cost) * factor * ((1.0 - float(self.config.west_price_tolerance)) if west else 1.0)
+        return cost, adjusted, west
+
+    def _footprint(self, job: JobSpec, facts: PoolFacts, resolved: Resolved) -> _Footprint:
+        """The estimated energy (kWh) and carbon (kg) of the job on this pool."""
+        pool = facts.pool
+        hours = duration_hours(job.duration)
+        energy = pool.unit_power_w * resolved.units * hours * Decimal(pool.pue) / 1000
+        carbon = energy * Decimal(pool.grid_carbon_kg_per_kwh) * (_ONE - Decimal(pool.green_share))
+        return (
+            energy.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
+            carbon.quantize(ENERGY_PLACES, rounding=ROUND_HALF_UP),
         )
 
     def key(self, job: JobSpec, option: _Option) -> tuple:
@@ -1297,7 +1628,7 @@ class _Market:
 
     def _refresh(self, facts: PoolFacts) -> None:
         stack, i = self.where[facts.pool.pool_id]
-        self.partitions[stack].refresh(i, self.state(facts).now_nodes())
+        self.partitions[stack].update(i, self.state(facts))
 
     def assignment(self, job: JobSpec, option: _Option, allocations: tuple[NodeAllocation, ...]) -> Assignment:
         pool = option.facts.pool
@@ -1326,17 +1657,27 @@ class _Market:
 
     # -- explanations -------------------------------------------------------------------------------------------------
 
-    def explain(self, job: JobSpec, ready: datetime, *, occupancy: bool, note: str = "") -> Explanation:
+    def explain(
+        self,
+        job: JobSpec,
+        ready: datetime,
+        *,
+        occupancy: bool,
+        note: str = "",
+        evaluation: _Evaluation | None = None,
+    ) -> Explanation:
         """Counts per reason. With ``occupancy`` it is asked after :meth:`best` found nothing, so every
-        pool that passes the static checks and is open is counted as having no free capacity."""
+        pool that passes the static checks and is open is counted as having no free capacity.
+        ``evaluation``: the partition's evaluation of the job at ``ready`` with counts (and the opening check
+        with ``occupancy``), when the caller has it."""
         part = self.partitions.get(job.stack)
         counts: dict[Reason, int] = {}
         if self.total - (part.n if part else 0):
             counts[Reason.WRONG_STACK] = self.total - (part.n if part else 0)
         fit = 0
         if part is not None:
-            start = _us(ready)
-            evaluation = self.evaluate(part, job, start, counts=True, open_now=occupancy)
+            if evaluation is None:
+                evaluation = self.evaluate(part, job, _us(ready), counts=True, open_now=occupancy)
             assert evaluation.counts is not None  # noqa: S101 - asked for counts
             for reason, n in evaluation.counts.items():
                 counts[reason] = counts.get(reason, 0) + n
@@ -1350,46 +1691,164 @@ class _Market:
 
     # -- backfill and preemption ------------------------------------------------------------------------------------
 
-    def static_order(self, job: JobSpec, ready: datetime) -> tuple[_Partition | None, np.ndarray]:
+    def static_order(
+        self, job: JobSpec, ready: datetime, evaluation: _Evaluation | None = None
+    ) -> tuple[_Partition | None, np.ndarray]:
+        """The pools that pass the static checks, best first; ``evaluation``: the partition's evaluation of
+        the job at ``ready`` without the opening check, when the caller has it."""
         part = self.partitions.get(job.stack)
         if part is None:
             return None, np.zeros(0, dtype=np.intp)
-        evaluation = self.evaluate(part, job, _us(ready), counts=False, open_now=False)
+        if evaluation is None:
+            evaluation = self.evaluate(part, job, _us(ready), counts=False, open_now=False)
         return part, self.ranked(part, job, evaluation, capacity_now=False)
 
-    def earliest(self, job: JobSpec, ready: datetime, limit: int) -> list[_Option]:
+    def earliest(
+        self, job: JobSpec, ready: datetime, limit: int, evaluation: _Evaluation | None = None
+    ) -> list[_Option]:
         """Options with their earliest feasible start on up to ``limit`` pools, in the objective's order
         (for the earliest objective, pools that could take the job now first)."""
-        part, order = self.static_order(job, ready)
         options: list[_Option] = []
+        resolutions = self._resolutions(job)
+        for rank, facts in enumerate(self._earliest_candidates(job, ready, limit, evaluation)):
+            resolved = self._exact(job, facts, ready, resolutions)
+            if resolved is None:
+                continue
+            option = self._earliest_on(job, facts, resolved, ready)
+            if option is None:
+                continue
+            option.rank = rank
+            options.append(option)
+        return options
+
+    def quote_options(
+        self, job: JobSpec, ready: datetime, pool_limit: int, limit: int, evaluation: _Evaluation | None = None
+    ) -> list[_Option]:
+        """Among the options :meth:`earliest` finds on up to ``pool_limit`` pools, enough that the best ``limit``
+        of them by :meth:`key` (their fragmentation growth counted) are the best ``limit`` of them all.
+
+        The first two keys of a pool are known before it is packed: the cost in fen and the western preference
+        (cheapest), the carbon and the adjusted cost (greenest), and for the earliest objective the adjusted cost
+        and a lower bound of the start, the later of ``ready`` and the offer's opening. Pools are packed in the
+        order of those keys; once ``limit`` options are found, a pool whose first keys are above the first keys
+        of the ``limit``-th best found ranks after ``limit`` options whatever its placement, and so does every
+        pool after it. ``evaluation``: as for :meth:`static_order`."""
+        if limit < 0:  # a quote of all but the last options: all are needed
+            return self.earliest(job, ready, pool_limit, evaluation)
+        candidates = self._earliest_candidates(job, ready, pool_limit, evaluation)
+        if limit == 0:
+            return []
+        ready_us = _us(ready)
+        objective = job.objective
+        ranked: list[tuple[tuple, int, PoolFacts, Resolved, _Costs, _Footprint | None]] = []
+        resolutions = self._resolutions(job)
+        prices = self._prices(job)
+        for rank, facts in enumerate(candidates):
+            resolved = self._exact(job, facts, ready, resolutions)
+            if resolved is None:
+                continue
+            pool_id = facts.pool.pool_id
+            priced = prices.get(pool_id)
+            if priced is None:
+                costs = self._costs(job, facts, resolved)
+                priced = prices[pool_id] = (costs, to_fen(costs[0]))
+            costs, fen = priced
+            _, adjusted, west = costs
+            footprint = None
+            if objective is Objective.CHEAPEST:
+                first: tuple = (fen, not west)
+            elif objective is Objective.EARLIEST:
+                first = (max(ready_us, _us(facts.pool.window_start)), adjusted)
+            else:
+                footprint = self._footprint(job, facts, resolved)
+                first = (footprint[1], adjusted)
+            ranked.append((first, rank, facts, resolved, costs, footprint))
+        ranked.sort(key=lambda item: (item[0], item[1]))
+        options: list[_Option] = []
+        found: list[tuple] = []  # the first two keys of the options found, ascending
+        for first, rank, facts, resolved, costs, footprint in ranked:
+            if len(found) >= limit and first > found[limit - 1]:
+                break
+            option = self._earliest_on(job, facts, resolved, ready, costs, footprint)
+            if option is None:
+                continue
+            option.rank = rank
+            options.append(option)
+            insort(found, self.key(job, option)[:2])
+        return options
+
+    def _earliest_candidates(
+        self, job: JobSpec, ready: datetime, limit: int, evaluation: _Evaluation | None = None
+    ) -> list[PoolFacts]:
+        """Up to ``limit`` pools that pass the vectorised filter, in the objective's order (for the earliest
+        objective, pools that could take the job now first)."""
+        part, order = self.static_order(job, ready, evaluation)
         if part is None:
-            return options
+            return []
         start = _us(ready)
         if job.objective is Objective.EARLIEST and start == self.now and order.size:
             room = part.has_room(part.demand(job), order) & (part.window_start[order] <= start)
             order = np.concatenate((order[room], order[~room]))
+        return [part.facts[j] for j in order[:limit].tolist()]
+
+    def _exact(
+        self, job: JobSpec, facts: PoolFacts, ready: datetime, resolutions: dict[str, Resolved | Reason]
+    ) -> Resolved | None:
+        """The job's demand on this pool if the pool passes every static check, exactly; else None.
+        ``resolutions``: :meth:`_resolutions` of the job."""
+        pool_id = facts.pool.pool_id
+        resolved = resolutions.get(pool_id)
+        if resolved is None:
+            resolved = resolutions[pool_id] = resolve(job, facts)
+        if not isinstance(resolved, Resolved) or static_reason(job, facts, ready, resolved) is not None:
+            return None
+        return resolved
+
+    def _resolutions(self, job: JobSpec) -> dict[str, Resolved | Reason]:
+        """:func:`~scheduler.domain.demand.resolve` of the job on the pools, by pool id as they are asked for;
+        kept per demand (all that resolve reads of a job), so jobs of the same shape share them."""
+        found = self._resolutions_kept.get(_demand_key(job))
+        if found is None:
+            if len(self._resolutions_kept) >= _DEMANDS_KEPT:
+                self._resolutions_kept = {}
+            found = self._resolutions_kept[_demand_key(job)] = {}
+        return found
+
+    def _prices(self, job: JobSpec) -> dict[str, tuple[_Costs, Decimal]]:
+        """:meth:`_costs` of the job on the pools (with the cost in fen), by pool id as they are asked for; kept
+        per demand, duration and tolerance of latency (all the costs read of a job)."""
+        key = (_demand_key(job), job.duration, job.tolerates_latency(self.config.latency_tolerant_ms))
+        found = self._prices_kept.get(key)
+        if found is None:
+            if len(self._prices_kept) >= _DEMANDS_KEPT:
+                self._prices_kept = {}
+            found = self._prices_kept[key] = {}
+        return found
+
+    def _earliest_on(
+        self,
+        job: JobSpec,
+        facts: PoolFacts,
+        resolved: Resolved,
+        ready: datetime,
+        costs: _Costs | None = None,
+        footprint: _Footprint | None = None,
+    ) -> _Option | None:
+        """The job on this pool at its earliest feasible start (within the offer window and the deadline)."""
+        pool = facts.pool
         duration = job.duration // _US
-        for rank, j in enumerate(order[:limit].tolist()):
-            facts = part.facts[j]
-            resolved = resolve(job, facts)
-            if not isinstance(resolved, Resolved) or static_reason(job, facts, ready) is not None:
-                continue
-            pool = facts.pool
-            first = max(_us(ready), _us(pool.window_start))
-            limit_end = min(
-                _NEVER if pool.window_end is None else _us(pool.window_end),
-                _NEVER if job.deadline is None else _us(job.deadline),
-            )
-            found = self.state(facts).earliest(
-                resolved.demand, resolved.nodes, first, duration, limit_end, policy=self.config.policy, mix=self.mix
-            )
-            if found is None:
-                continue
-            start, placements, nodes = found
-            option = self._make_option(job, facts, resolved, start, start + duration, placements, nodes)
-            option.rank = rank
-            options.append(option)
-        return options
+        first = max(_us(ready), _us(pool.window_start))
+        limit_end = min(
+            _NEVER if pool.window_end is None else _us(pool.window_end),
+            _NEVER if job.deadline is None else _us(job.deadline),
+        )
+        found = self.state(facts).earliest(
+            resolved.demand, resolved.nodes, first, duration, limit_end, policy=self.config.policy, mix=self.mix
+        )
+        if found is None:
+            return None
+        start, placements, nodes = found
+        return self._make_option(job, facts, resolved, start, start + duration, placements, nodes, costs, footprint)
 
     def reserve(self, job: JobSpec, ready: datetime) -> Reservation | None:
         options = self.earliest(job, ready, self.config.reservation_pool_limit)
@@ -1452,10 +1911,25 @@ class _Market:
         return (fresh, removed) if fresh is not None else None
 
 
-def _allocation_units(facts: PoolFacts, allocation: NodeAllocation) -> Decimal:
-    if facts.accelerated:
-        return Decimal(allocation.demand.accelerator_thousandths) / 1000
-    return Decimal(allocation.demand.cpu_milli) / 1000
+def _demand_key(job: JobSpec) -> tuple:
+    """All that :func:`~scheduler.domain.demand.resolve` reads of a job."""
+    return (
+        job.stack,
+        job.capacity,
+        job.device_models,
+        job.accelerators_per_node,
+        job.accelerator_milli,
+        job.nodes,
+        job.cpu_milli_per_node,
+        job.memory_mib_per_node,
+        job.storage_gib_per_node,
+        job.accelerator_memory_gib,
+    )
+
+
+def _ncu(facts: PoolFacts, thousandths: int) -> float:
+    """NCU held by ``thousandths`` of a device (or of a core, on a CPU pool) of the pool."""
+    return float(Decimal(thousandths) / 1000 * facts.ncu_per_unit)
 
 
 def _commitment_units(commitments: list[_Commitment]) -> int:
@@ -1692,7 +2166,10 @@ def quote(
 
 def _quote_on(market: _Market, job: JobSpec, *, now: datetime, limit: int) -> QuoteResult:
     ready = job.ready_at(now)
-    options = market.earliest(job, ready, market.config.quote_pool_limit)
+    part = market.partitions.get(job.stack)
+    # one evaluation of the static checks serves the ranking of the pools and the explanation
+    evaluation = None if part is None else market.evaluate(part, job, _us(ready), counts=True, open_now=False)
+    options = market.quote_options(job, ready, market.config.quote_pool_limit, limit, evaluation)
     for option in options:
         if len(options) > 1:
             option.frag = market.fragmentation_growth(option)
@@ -1701,7 +2178,7 @@ def _quote_on(market: _Market, job: JobSpec, *, now: datetime, limit: int) -> Qu
         market.assignment(job, o, tuple(NodeAllocation(p, o.resolved.demand) for p in o.placements))
         for o in options[:limit]
     )
-    return QuoteResult(options=chosen, explanation=market.explain(job, ready, occupancy=False))
+    return QuoteResult(options=chosen, explanation=market.explain(job, ready, occupancy=False, evaluation=evaluation))
 
 
 class QuoteMarket:
@@ -1731,13 +2208,11 @@ class QuoteMarket:
     ) -> None:
         self.config = config or MatchingConfig()
         self._market = _Market(pools, now=now, config=self.config, leases=leases, jobs=())
-        prepared = self._prepared = self._market.now
-        self._next_change = min(
-            (moment for lease in leases for moment in (_us(lease.start), _us(lease.end)) if moment > prepared),
-            default=_NEVER,
-        )
-        self._facts = [f for part in self._market.partitions.values() for f in part.facts]
+        self._prepared = self._market.now
+        self._next_change = self._market.next_change  # the first start or end of a lease after it is prepared
+        self._facts = self._market.facts
         self._mixes: dict[WorkloadMix | None, tuple[WorkloadMix | None, dict]] = {}
+        self._job_mixes: dict[tuple[int, int, int, int] | None, tuple[WorkloadMix | None, dict]] = {}
         self._lock = threading.Lock()
 
     def usable_at(self, now: datetime) -> bool:
@@ -1753,10 +2228,24 @@ class QuoteMarket:
             market.now, market.now_dt = moment, now
             for state in market.states.values():
                 state.now = moment
-        mix = self.config.mix if self.config.mix is not None else _queue_mix((job,), self.config.mix_size, self._facts)
-        # equal mixes share one object (the packing tables are found by identity) and one fragmentation memo
-        market.mix, market._frag_cache = self._mixes.setdefault(mix, (mix, {}))
+        market.mix, market._frag_cache = self._mix_of(job)
         return market
+
+    def _mix_of(self, job: JobSpec) -> tuple[WorkloadMix | None, dict]:
+        """The workload mix the job's quote measures fragmentation against, with its fragmentation memo; kept
+        per per-node demand (all that the mix reads of a job)."""
+        if job.stack is SoftwareStack.CPU or job.capacity is not None:
+            key = None
+        else:
+            key = (job.cpu_milli_per_node, job.memory_mib_per_node, job.accelerators_per_node, job.accelerator_milli)
+        found = self._job_mixes.get(key)
+        if found is None:
+            mix = self.config.mix
+            if mix is None:
+                mix = _queue_mix((job,), self.config.mix_size, self._facts)
+            # equal mixes share one object (the packing tables are found by identity) and one fragmentation memo
+            found = self._job_mixes[key] = self._mixes.setdefault(mix, (mix, {}))
+        return found
 
     def quote(self, job: JobSpec, *, now: datetime, limit: int = 3) -> QuoteResult:
         """:func:`quote` of the job on this market at ``now``."""

@@ -166,6 +166,32 @@ class NodeState:
         return NodeState._trusted(self.shape, self.free_cpu_milli, self.free_memory_mib, list(self.free_milli))
 
     @classmethod
+    def many(
+        cls,
+        shape: NodeShape,
+        free_cpu_milli: Sequence[int],
+        free_memory_mib: Sequence[int],
+        free_milli: Sequence[list[int]],
+    ) -> list[NodeState]:
+        """Nodes of one shape from columns of free capacity (one entry per node) that the caller derived from
+        valid states (no checks: it is on the engine's hot path). The lists of ``free_milli`` are taken over."""
+        trusted = cls._trusted
+        return [
+            trusted(shape, cpu, memory, free)
+            for cpu, memory, free in zip(free_cpu_milli, free_memory_mib, free_milli, strict=True)
+        ]
+
+    def less(self, cpu_milli: int, memory_mib: int, used_milli: Sequence[int]) -> NodeState:
+        """A new state: this free capacity less what is used (CPU, memory and each device's share; never below
+        0). Always valid, so it skips the checks of the constructor (it is on the engine's hot path)."""
+        return NodeState._trusted(
+            self.shape,
+            max(0, self.free_cpu_milli - cpu_milli),
+            max(0, self.free_memory_mib - memory_mib),
+            [max(0, f - u) for f, u in zip(self.free_milli, used_milli, strict=True)],
+        )
+
+    @classmethod
     def _trusted(cls, shape: NodeShape, free_cpu_milli: int, free_memory_mib: int, free_milli: list[int]) -> NodeState:
         """A state from values already known to be valid (a whole node, a copy): no checks, it is on every
         quote's and cycle's hot path."""

@@ -418,10 +418,13 @@ CYCLE_STARTED_KEY = "scheduler:cycle-started"
 def _kick_scheduler() -> None:
     """Ask for a scheduling cycle, unless one is already queued and not yet started
     (under a burst of submissions one cycle places them all, not one cycle each).
-    The cycle is due ``CX_CYCLE_MIN_GAP_SECONDS`` (1) after the last one started:
-    under a steady stream of submissions the workers run about one cycle per gap,
-    each placing everything that arrived meanwhile, instead of re-reading the
-    whole market back to back for a job or two each."""
+    The cycle starts no sooner than ``CX_CYCLE_MIN_GAP_SECONDS`` (1) after the
+    last one started (the task waits out the rest of the gap before it takes
+    the queue): under a steady stream of submissions the workers run about
+    one cycle per gap, each placing everything that arrived meanwhile, instead
+    of re-reading the whole market back to back for a job or two each. (Not
+    a countdown: a message held back by the broker's ETA sits unacknowledged
+    in a worker, which a broker restart then loses the way to restore.)"""
     from scheduler.tasks import run_scheduling_cycle
 
     try:
@@ -432,7 +435,7 @@ def _kick_scheduler() -> None:
     try:
         wait = _cycle_gap_left()
         if wait > 0:
-            run_scheduling_cycle.apply_async(countdown=wait)
+            run_scheduling_cycle.delay(not_before=round(time.time() + wait, 3))
         else:
             run_scheduling_cycle.delay()
     except Exception:  # the beat runs a cycle soon anyway; the next submission asks again
@@ -444,7 +447,7 @@ def _cycle_gap_left() -> float:
     """Seconds until a new whole-market cycle may start (0: now)."""
     from django.conf import settings
 
-    gap = float(getattr(settings, "CX_CYCLE_MIN_GAP_SECONDS", 1))
+    gap = _cycle_gap(settings)
     if gap <= 0:
         return 0.0
     try:
@@ -454,6 +457,20 @@ def _cycle_gap_left() -> float:
     if last is None:
         return 0.0
     return round(min(gap, max(0.0, float(last) + gap - time.time())), 3)
+
+
+def _cycle_gap(settings: Any) -> float:
+    return float(getattr(settings, "CX_CYCLE_MIN_GAP_SECONDS", 1))
+
+
+def cycle_wait(not_before: float | None) -> None:
+    """Wait until ``not_before`` (seconds since the epoch), never longer than the gap."""
+    from django.conf import settings
+
+    if not_before is not None:
+        wait = min(_cycle_gap(settings), not_before - time.time())
+        if wait > 0:
+            time.sleep(wait)
 
 
 def cycle_started() -> None:

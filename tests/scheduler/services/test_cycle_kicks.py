@@ -16,13 +16,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def enqueued(monkeypatch) -> list[tuple]:
-    """The cycles asked for, each as (args, countdown)."""
+    """The cycles asked for, each as (args, not_before)."""
     calls: list[tuple] = []
-    monkeypatch.setattr(tasks.run_scheduling_cycle, "delay", lambda *args, **kwargs: calls.append((args, 0)))
     monkeypatch.setattr(
-        tasks.run_scheduling_cycle,
-        "apply_async",
-        lambda args=(), kwargs=None, countdown=0, **options: calls.append((tuple(args or ()), countdown)),
+        tasks.run_scheduling_cycle, "delay", lambda *args, **kwargs: calls.append((args, kwargs.get("not_before")))
     )
     return calls
 
@@ -68,16 +65,16 @@ def test_a_cycle_that_could_not_be_enqueued_does_not_hold_the_next_ones_back(mon
     assert len(calls) == before + 2
 
 
-def test_a_cycle_asked_for_right_after_one_started_is_due_a_gap_after_that_start(enqueued, settings):
+def test_a_cycle_asked_for_right_after_one_started_waits_a_gap_after_that_start(enqueued, settings):
     settings.CX_CYCLE_MIN_GAP_SECONDS = 2
     factories.market(pools=1, nodes=2)
     buyer = factories.buyer()
+    before = time.time()
     tasks.run_scheduling_cycle()
-    started = time.time()
+    after = time.time()
     factories.submit(buyer)
-    _args, countdown = enqueued[-1]
-    assert 0 < countdown <= 2
-    assert countdown >= 2 - (time.time() - started) - 0.01
+    _args, not_before = enqueued[-1]
+    assert before + 2 - 0.01 <= not_before <= after + 2 + 0.01
 
 
 def test_a_cycle_asked_for_a_gap_after_the_last_one_is_due_at_once(enqueued, settings, monkeypatch):
@@ -88,7 +85,7 @@ def test_a_cycle_asked_for_a_gap_after_the_last_one_is_due_at_once(enqueued, set
     later = time.time() + 1.5
     monkeypatch.setattr(time, "time", lambda: later)
     factories.submit(buyer)
-    assert enqueued[-1][1] == 0
+    assert enqueued[-1][1] is None
 
 
 def test_without_a_gap_every_asked_cycle_is_due_at_once(enqueued, settings):
@@ -97,4 +94,17 @@ def test_without_a_gap_every_asked_cycle_is_due_at_once(enqueued, settings):
     buyer = factories.buyer()
     tasks.run_scheduling_cycle()
     factories.submit(buyer)
-    assert enqueued[-1][1] == 0
+    assert enqueued[-1][1] is None
+
+
+def test_the_cycle_waits_out_the_gap_before_it_takes_the_queue(settings):
+    settings.CX_CYCLE_MIN_GAP_SECONDS = 1
+    factories.market(pools=1, nodes=2)
+    job = factories.submit(factories.buyer())
+    started = time.monotonic()
+    tasks.run_scheduling_cycle(not_before=time.time() + 0.3)
+    assert time.monotonic() - started >= 0.29
+    assert Job.objects.get(pk=job.pk).status == JobStatus.SCHEDULED
+    started = time.monotonic()
+    tasks.run_scheduling_cycle(not_before=time.time() + 3600)  # never longer than the gap
+    assert time.monotonic() - started < 1.5

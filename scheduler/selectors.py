@@ -7,6 +7,7 @@ import copy
 import functools
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -237,12 +238,23 @@ def _snapshot_read(*, now: datetime, fingerprint: tuple, leases_of: _Snapshot | 
 
 
 def _snapshot_leases_moved(snapshot: _Snapshot, *, now: datetime, fingerprint: tuple) -> _Snapshot:
-    """The snapshot with the leases of the offers whose generation moved read again
-    (the offer rows and prices kept: those offers are the same)."""
+    """The snapshot with the leases of the offers whose generation moved brought
+    up to date (the offer rows and prices kept: those offers are the same).
+    What a lease holds (start, end, allocations, buyer, NCU) never changes once
+    it is made, so of a moved offer only the ids of its holding leases are read,
+    and the rows of the leases not seen before."""
     generations = _generations()
     moved = [pk for pk, generation in generations.items() if snapshot.generations.get(pk) != generation]
     leases = {pk: held for pk, held in snapshot.leases.items() if pk in generations}
-    leases.update(_leases_by_offer(moved, now=now))
+    known = {lease.lease_id: lease for pk in moved for lease in snapshot.leases.get(pk, ())}
+    holding: dict[int, list[int]] = {pk: [] for pk in moved}
+    for offer_id, lease_id in holding_leases(moved, after=now).order_by("id").values_list("offer_id", "id"):
+        holding[offer_id].append(lease_id)
+    unseen = [lease_id for ids in holding.values() for lease_id in ids if str(lease_id) not in known]
+    for held in _leases_by_offer((), now=now, lease_ids=unseen).values():
+        known.update((lease.lease_id, lease) for lease in held)
+    for pk, ids in holding.items():
+        leases[pk] = [known[str(lease_id)] for lease_id in ids]
     inputs = _inputs_from(snapshot.offers, leases, now=now, prices_at=snapshot.inputs, moved=set(moved))
     return replace(
         snapshot, fingerprint=fingerprint, generations=generations, leases=leases, inputs=inputs, market=None
@@ -282,16 +294,24 @@ def _market_offers(*, now: datetime, hub: str | None = None) -> _MarketOffers:
     return _MarketOffers(offers, reliability_scores(sorted({o.pool.site.provider_id for o in offers}), now=now))
 
 
-def _leases_by_offer(offer_ids: Iterable[int], *, now: datetime) -> dict[int, list[engine.Lease]]:
-    """The holding leases of these offers that have not ended by ``now``, as the engine's Leases, by offer id."""
+def _leases_by_offer(
+    offer_ids: Iterable[int], *, now: datetime, lease_ids: Collection[int] | None = None
+) -> dict[int, list[engine.Lease]]:
+    """The holding leases of these offers (or with these ids) that have not ended by
+    ``now``, as the engine's Leases, by offer id, in id order."""
     offer_ids = list(offer_ids)
-    by_offer: dict[int, list[engine.Lease]] = {pk: [] for pk in offer_ids}
-    if not offer_ids:
+    by_offer: dict[int, list[engine.Lease]] = defaultdict(list, {pk: [] for pk in offer_ids})
+    if lease_ids is not None:
+        if not lease_ids:
+            return by_offer
+        rows = holding_leases(after=now).filter(pk__in=list(lease_ids))
+    elif offer_ids:
+        rows = holding_leases(offer_ids, after=now)
+    else:
         return by_offer
-    rows = holding_leases(offer_ids, after=now).values(
+    for row in rows.order_by("id").values(
         "id", "job_id", "job__buyer_id", "offer_id", "start", "end", "allocations", "interruptible", "ncu"
-    )
-    for row in rows:
+    ):
         holds = [Hold.from_record(r, row["start"], row["end"]) for r in row["allocations"]]
         by_offer[row["offer_id"]].append(
             engine.Lease(

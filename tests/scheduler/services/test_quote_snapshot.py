@@ -6,6 +6,8 @@ import time
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from marketplace import services as marketplace_services
@@ -61,7 +63,8 @@ def test_when_only_leases_changed_only_the_moved_offers_leases_are_read_again(dj
     first = selectors.quote_inputs(now=timezone.now())
     factories.submit(buyer)
     services.cycle_run()  # a lease on one of the offers
-    with django_assert_max_num_queries(3):  # the fingerprint, the offers' generations, the moved offer's leases
+    # the fingerprint, the offers' generations, the moved offer's holding lease ids, the one new lease's row
+    with django_assert_max_num_queries(4):
         again = selectors.quote_inputs(now=timezone.now())
     assert again is not first
     assert len(again[1]) == len(first[1]) + 1
@@ -76,6 +79,21 @@ def test_when_only_leases_changed_only_the_moved_offers_leases_are_read_again(dj
             assert again[2][key] is first[2][key]
     options = services.quote_for(user=buyer, values=factories.job_values())["options"]
     assert len([o for o in options if o["assignment"].start <= timezone.now()]) == 1
+
+
+def test_a_moved_offers_leases_seen_before_are_not_read_again(django_assert_max_num_queries):
+    factories.market(pools=1, nodes=4)
+    buyer = factories.buyer()
+    factories.submit(buyer)
+    services.cycle_run()
+    first = selectors.quote_inputs(now=timezone.now())
+    factories.submit(buyer)
+    services.cycle_run()  # a second lease on the same offer
+    with CaptureQueriesContext(connection) as queries:
+        again = selectors.quote_inputs(now=timezone.now())
+    rows_read = [q["sql"] for q in queries.captured_queries if '"allocations"' in q["sql"]]
+    assert len(rows_read) == 1 and len(again[1]) == 2
+    assert again[1][0] is first[1][0], "the lease seen before is kept as it was read"
 
 
 def test_inputs_brought_up_to_date_lease_by_lease_equal_inputs_read_afresh():

@@ -15,6 +15,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
 
+@functools.cache
 def _models() -> tuple[type[Model], type[Model], type[Model]]:
     user = get_user_model()
     return Token, user, user._meta.get_field("organisation").related_model

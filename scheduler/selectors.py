@@ -333,14 +333,11 @@ def engine_inputs(
     *,
     now: datetime,
     hub: str | None = None,
-    offers: _MarketOffers | None = None,
 ) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
     """The market for one cycle (one hub's with ``hub``): offers as the
     engine's PoolOffers, holding leases as its Leases, and the Offer rows by
-    engine pool id. ``offers``: the offer rows already read
-    (copied here, so the rows of earlier inputs keep their utilisation)."""
-    if offers is None:
-        offers = _market_offers(now=now, hub=hub)
+    engine pool id, read afresh."""
+    offers = _market_offers(now=now, hub=hub)
     return _inputs_from(offers, _leases_by_offer([o.pk for o in offers.rows], now=now), now=now)
 
 
@@ -356,7 +353,7 @@ def _inputs_from(
     earlier inputs of the same offer rows, whose PoolOffers (prices) and rows
     are kept for the offers not in ``moved`` (a moved offer's utilisation,
     and so an interruptible offer's price, follows its leases)."""
-    kept = {} if prices_at is None else {key: (pool_offer, prices_at[2][key]) for key, pool_offer in _keyed(prices_at)}
+    kept = {} if prices_at is None else {p.pool_id: (p, prices_at[2][p.pool_id]) for p in prices_at[0]}
     pool_offers: list[engine.PoolOffer] = []
     by_key: dict[str, Offer] = {}
     engine_leases: list[engine.Lease] = []
@@ -373,10 +370,6 @@ def _inputs_from(
         pool_offers.append(pool_offer)
         by_key[key] = offer
     return pool_offers, engine_leases, by_key
-
-
-def _keyed(inputs: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]):
-    return ((pool_offer.pool_id, pool_offer) for pool_offer in inputs[0])
 
 
 def _pool_offer(

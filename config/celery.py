@@ -2,10 +2,18 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("compute_exchange")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.worker_ready.connect  # the solo and thread pools run tasks in this process
+@signals.worker_process_init.connect  # the prefork pool's children
+def _settle_heap(**_kwargs: object) -> None:
+    from core import heap
+
+    heap.settle()

@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -146,24 +147,29 @@ _refresh_lock = threading.Lock()  # taken by the one thread re-reading an unchan
 
 
 @functools.cache
-def _fingerprint_sql() -> str:
+def _fingerprint_sql(*, with_buyer: bool = False) -> str:
     offers, pools = Offer._meta.db_table, ResourcePool._meta.db_table  # the models' own tables, no input
     columns = 'COUNT(o."id"), MAX(o."id"), COALESCE(SUM(o."generation"), 0), MAX(p."updated_at")'
+    if with_buyer:  # the buyer's facts ride along: parameters of the select list come before the WHERE's
+        columns += ", " + _buyer_facts_columns()
     joined = f'"{offers}" o INNER JOIN "{pools}" p ON o."pool_id" = p."id"'
     return f'SELECT {columns} FROM {joined} WHERE o."status" = %s'  # noqa: S608
 
 
-def _market_fingerprint() -> tuple:
+def _market_fingerprint(*, buyer: tuple[int, datetime] | None = None) -> tuple:
     """What changes whenever the market's offers or leases do: the active
     offers' count and highest id, the sum of their generations (every lease
     made or ended on an offer bumps its generation) and their pools' latest
-    edit. One small statement, asked on every quote and submission."""
+    edit. One small statement, asked on every quote and submission; with
+    ``buyer`` (an organisation id and a moment), the same statement also reads
+    :func:`buyer_quote_facts`, returned after the fingerprint's four values."""
+    params = [] if buyer is None else _buyer_facts_params(*buyer)
     with connection.cursor() as cursor:
-        cursor.execute(_fingerprint_sql(), [OfferStatus.ACTIVE])
-        n, top, generations, edited = cursor.fetchone()
+        cursor.execute(_fingerprint_sql(with_buyer=buyer is not None), [*params, OfferStatus.ACTIVE])
+        n, top, generations, edited, *facts = cursor.fetchone()
     if isinstance(edited, str):  # SQLite hands the timestamp back as text
         edited = datetime.fromisoformat(edited)
-    return (n, top, int(generations), edited)
+    return (n, top, int(generations), edited, *(_buyer_facts(*facts) if facts else ()))
 
 
 def quote_inputs(*, now: datetime) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
@@ -188,12 +194,14 @@ def quote_inputs(*, now: datetime) -> tuple[list[engine.PoolOffer], list[engine.
     return snapshot.inputs if snapshot is not None else engine_inputs(now=now)
 
 
-def _snapshot(*, now: datetime) -> _Snapshot | None:
+def _snapshot(*, now: datetime, fingerprint: tuple | None = None) -> _Snapshot | None:
+    """The snapshot, brought up to date (``fingerprint``: the market's, read already)."""
     global _quote_snapshot
     ttl = float(getattr(settings, "CX_QUOTE_SNAPSHOT_SECONDS", 2))
     if ttl <= 0:
         return None
-    fingerprint = _market_fingerprint()
+    if fingerprint is None:
+        fingerprint = _market_fingerprint()
     snapshot = _quote_snapshot
     if snapshot is not None and snapshot.fingerprint == fingerprint:
         if time.monotonic() - snapshot.taken <= ttl or not _refresh_lock.acquire(blocking=False):
@@ -261,13 +269,14 @@ def _snapshot_leases_moved(snapshot: _Snapshot, *, now: datetime, fingerprint: t
     )
 
 
-def quote_market(*, now: datetime) -> tuple[QuoteMarket, dict[str, Offer]]:
+def quote_market(*, now: datetime, fingerprint: tuple | None = None) -> tuple[QuoteMarket, dict[str, Offer]]:
     """The engine's market prepared for quotes and submission checks at
     ``now`` (see :class:`~scheduler.domain.matching.QuoteMarket`), and the
     Offer rows by engine pool id: built from :func:`quote_inputs`' snapshot
     and kept with it while it holds (no lease starts or ends meanwhile), so
-    a quote only evaluates its job. Without the snapshot, built afresh."""
-    snapshot = _snapshot(now=now)
+    a quote only evaluates its job. Without the snapshot, built afresh.
+    ``fingerprint``: the market's, read already (see :func:`buyer_quote_market`)."""
+    snapshot = _snapshot(now=now, fingerprint=fingerprint)
     if snapshot is None:
         pool_offers, leases, rows = engine_inputs(now=now)
         return QuoteMarket(pool_offers, leases, now=now), rows
@@ -279,6 +288,14 @@ def quote_market(*, now: datetime) -> tuple[QuoteMarket, dict[str, Offer]]:
             if market is None or not market.usable_at(now):
                 market = snapshot.market = QuoteMarket(pool_offers, leases, now=now)
     return market, rows
+
+
+def buyer_quote_market(buyer_id: int, *, now: datetime) -> tuple[QuoteMarket, dict[str, Offer], Decimal, bool]:
+    """:func:`quote_market` and :func:`buyer_quote_facts` with one statement
+    for both: the market's fingerprint and the buyer's facts are read together."""
+    *fingerprint, month_to_date, has_vouchers = _market_fingerprint(buyer=(buyer_id, now))
+    market, rows = quote_market(now=now, fingerprint=tuple(fingerprint))
+    return market, rows, month_to_date, has_vouchers
 
 
 @dataclass(frozen=True)
@@ -415,7 +432,7 @@ def _pool_offer(
 
 
 @functools.cache
-def _buyer_facts_sql() -> str:
+def _buyer_facts_columns() -> str:
     from billing.models import Charge
     from vouchers.models import Voucher
 
@@ -423,21 +440,28 @@ def _buyer_facts_sql() -> str:
     charged = f'SELECT COALESCE(SUM("ncu_hours"), 0) FROM "{charges}" WHERE "buyer_id" = %s AND "created_at" >= %s'  # noqa: S608
     held = '"holder_id" = %s AND "status" = %s AND "valid_from" <= %s AND "expires_at" > %s'
     usable = f'SELECT 1 FROM "{vouchers}" WHERE {held}'  # noqa: S608
-    return f"SELECT ({charged}), EXISTS({usable})"
+    return f"({charged}), EXISTS({usable})"
+
+
+def _buyer_facts_params(buyer_id: int, at: datetime) -> list[Any]:
+    from billing.selectors import month_start
+    from vouchers.models import VoucherStatus
+
+    return [buyer_id, month_start(at), buyer_id, VoucherStatus.ACTIVE, at, at]
+
+
+def _buyer_facts(charged: Any, has_vouchers: Any) -> tuple[Decimal, bool]:
+    # PostgreSQL sums decimals exactly; SQLite hands back a float, rounded here to the field's 4 places
+    return Decimal(str(charged)).quantize(Decimal("0.0001")), bool(has_vouchers)
 
 
 def buyer_quote_facts(buyer_id: int, *, at: datetime) -> tuple[Decimal, bool]:
     """What a quote needs of the buyer, in one statement: the NCU-hours it was
     charged for this month (volume tiers: as :func:`billing.selectors.month_to_date_ncu_hours`)
     and whether it holds a voucher usable at ``at`` (only then are its vouchers read)."""
-    from billing.selectors import month_start
-    from vouchers.models import VoucherStatus
-
     with connection.cursor() as cursor:
-        cursor.execute(_buyer_facts_sql(), [buyer_id, month_start(at), buyer_id, VoucherStatus.ACTIVE, at, at])
-        charged, has_vouchers = cursor.fetchone()
-    # PostgreSQL sums decimals exactly; SQLite hands back a float, rounded here to the field's 4 places
-    return Decimal(str(charged)).quantize(Decimal("0.0001")), bool(has_vouchers)
+        cursor.execute(f"SELECT {_buyer_facts_columns()}", _buyer_facts_params(buyer_id, at))
+        return _buyer_facts(*cursor.fetchone())
 
 
 def hours(value: Decimal) -> timedelta:

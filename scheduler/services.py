@@ -811,9 +811,8 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     # A quote shows what the buyer's vouchers would pay whether or not the job will use them.
     job = job_draft(user=user, values={k: v for k, v in values.items() if k != "use_vouchers"})
     now = timezone.now()
-    market, rows = selectors.quote_market(now=now)
+    market, rows, month_to_date, has_vouchers = selectors.buyer_quote_market(job.buyer_id, now=now)
     result = market.quote(job_spec(job), now=now, limit=limit)
-    month_to_date, has_vouchers = selectors.buyer_quote_facts(job.buyer_id, at=now)
     vouchers = list(usable_vouchers(buyer_id=job.buyer_id, at=now)) if result.options and has_vouchers else []
     options = []
     for option in result.options:

@@ -56,3 +56,37 @@ def test_a_voucher_counts_only_while_it_is_usable(operator):
     assert selectors.buyer_quote_facts(buyer.organisation_id, at=voucher.valid_from - timedelta(seconds=1))[1] is False
     Voucher.objects.filter(pk=voucher.pk).update(status=VoucherStatus.EXPIRED)
     assert selectors.buyer_quote_facts(buyer.organisation_id, at=now)[1] is False
+
+
+def test_the_facts_read_with_the_market_fingerprint_are_the_buyers_own(operator):
+    factories.market(pools=1, nodes=2)
+    buyer, other = factories.buyer(), factories.buyer()
+    helpers.voucher(buyer, helpers.programme(operator), operator)
+    lease = helpers.lease_for(buyer, use_vouchers=False)
+    sample, _ = billing.usage_record(
+        lease=lease, sequence=1, start=lease.start, end=lease.start + timedelta(minutes=1), ncu_hours=Decimal("0.75")
+    )
+    billing.charge_sample(sample_id=sample.pk, commission_rate=helpers.RATE)
+    now = timezone.now()
+    for who in (buyer, other):
+        _market, _rows, charged, has_vouchers = selectors.buyer_quote_market(who.organisation_id, now=now)
+        assert (charged, has_vouchers) == selectors.buyer_quote_facts(who.organisation_id, at=now)
+    assert selectors.buyer_quote_market(buyer.organisation_id, now=now)[2:] == (Decimal("0.7500"), True)
+    assert selectors.buyer_quote_market(other.organisation_id, now=now)[2:] == (Decimal(0), False)
+
+
+def test_a_quote_on_an_unchanged_market_asks_the_database_twice(django_assert_max_num_queries):
+    """The token with its user and organisation, then the market's fingerprint with the buyer's facts."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    factories.market(pools=2, nodes=2)
+    buyer = factories.buyer()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=buyer).key}")
+    body = factories.job_values(accelerators_per_node=1)
+    assert client.post("/api/v1/quotes", body, format="json").status_code == 200  # the snapshot is read once
+    with django_assert_max_num_queries(2):
+        response = client.post("/api/v1/quotes", body, format="json")
+    assert response.status_code == 200
+    assert response.data["options"]

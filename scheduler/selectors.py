@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection
@@ -269,33 +269,47 @@ def _snapshot_leases_moved(snapshot: _Snapshot, *, now: datetime, fingerprint: t
     )
 
 
-def quote_market(*, now: datetime, fingerprint: tuple | None = None) -> tuple[QuoteMarket, dict[str, Offer]]:
+class PreparedMarket(NamedTuple):
+    """The engine's market prepared for quotes, its Offer rows by engine pool id, and the moment it answers for."""
+
+    market: QuoteMarket
+    rows: dict[str, Offer]
+    now: datetime
+
+
+def quote_market(*, now: datetime, fingerprint: tuple | None = None) -> PreparedMarket:
     """The engine's market prepared for quotes and submission checks at
     ``now`` (see :class:`~scheduler.domain.matching.QuoteMarket`), and the
     Offer rows by engine pool id: built from :func:`quote_inputs`' snapshot
     and kept with it while it holds (no lease starts or ends meanwhile), so
     a quote only evaluates its job. Without the snapshot, built afresh.
-    ``fingerprint``: the market's, read already (see :func:`buyer_quote_market`)."""
+    ``fingerprint``: the market's, read already (see :func:`buyer_quote_market`).
+
+    The moment returned is ``now``, or a moment later when another thread
+    prepared the market at a moment after ``now`` (a request that read the
+    clock a little before the other's): the caller quotes at that moment
+    rather than preparing the market again for an earlier one."""
     snapshot = _snapshot(now=now, fingerprint=fingerprint)
     if snapshot is None:
         pool_offers, leases, rows = engine_inputs(now=now)
-        return QuoteMarket(pool_offers, leases, now=now), rows
+        return PreparedMarket(QuoteMarket(pool_offers, leases, now=now), rows, now)
     pool_offers, leases, rows = snapshot.inputs
     market = snapshot.market
     if market is None or not market.usable_at(now):
         with _snapshot_lock:
             market = snapshot.market
+            if market is not None and now < market.prepared_at and market.usable_at(market.prepared_at):
+                return PreparedMarket(market, rows, market.prepared_at)
             if market is None or not market.usable_at(now):
                 market = snapshot.market = QuoteMarket(pool_offers, leases, now=now)
-    return market, rows
+    return PreparedMarket(market, rows, now)
 
 
-def buyer_quote_market(buyer_id: int, *, now: datetime) -> tuple[QuoteMarket, dict[str, Offer], Decimal, bool]:
+def buyer_quote_market(buyer_id: int, *, now: datetime) -> tuple[PreparedMarket, Decimal, bool]:
     """:func:`quote_market` and :func:`buyer_quote_facts` with one statement
     for both: the market's fingerprint and the buyer's facts are read together."""
     *fingerprint, month_to_date, has_vouchers = _market_fingerprint(buyer=(buyer_id, now))
-    market, rows = quote_market(now=now, fingerprint=tuple(fingerprint))
-    return market, rows, month_to_date, has_vouchers
+    return quote_market(now=now, fingerprint=tuple(fingerprint)), month_to_date, has_vouchers
 
 
 @dataclass(frozen=True)

@@ -342,7 +342,7 @@ def job_submit(*, user: User, values: dict[str, Any], use_vouchers: bool = False
     _require_buyer(user)
     job = job_draft(user=user, values=values)
     now = timezone.now()
-    market, _rows = selectors.quote_market(now=now)
+    market, _rows, now = selectors.quote_market(now=now)
     explanation = market.check_submission(job_spec(job), now=now)
     with transaction.atomic():
         job.status, job.queued_at = JobStatus.QUEUED, timezone.now()
@@ -811,7 +811,7 @@ def quote_for(*, user: User, values: dict[str, Any], limit: int = 3) -> dict[str
     # A quote shows what the buyer's vouchers would pay whether or not the job will use them.
     job = job_draft(user=user, values={k: v for k, v in values.items() if k != "use_vouchers"})
     now = timezone.now()
-    market, rows, month_to_date, has_vouchers = selectors.buyer_quote_market(job.buyer_id, now=now)
+    (market, rows, now), month_to_date, has_vouchers = selectors.buyer_quote_market(job.buyer_id, now=now)
     result = market.quote(job_spec(job), now=now, limit=limit)
     vouchers = list(usable_vouchers(buyer_id=job.buyer_id, at=now)) if result.options and has_vouchers else []
     options = []

@@ -2208,12 +2208,17 @@ class QuoteMarket:
     ) -> None:
         self.config = config or MatchingConfig()
         self._market = _Market(pools, now=now, config=self.config, leases=leases, jobs=())
-        self._prepared = self._market.now
+        self._prepared, self._prepared_at = self._market.now, now
         self._next_change = self._market.next_change  # the first start or end of a lease after it is prepared
         self._facts = self._market.facts
         self._mixes: dict[WorkloadMix | None, tuple[WorkloadMix | None, dict]] = {}
         self._job_mixes: dict[tuple[int, int, int, int] | None, tuple[WorkloadMix | None, dict]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def prepared_at(self) -> datetime:
+        """The moment the market was prepared at."""
+        return self._prepared_at
 
     def usable_at(self, now: datetime) -> bool:
         """Whether the prepared market is the one a fresh build at ``now`` would make."""

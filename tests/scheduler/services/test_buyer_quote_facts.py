@@ -69,10 +69,10 @@ def test_the_facts_read_with_the_market_fingerprint_are_the_buyers_own(operator)
     billing.charge_sample(sample_id=sample.pk, commission_rate=helpers.RATE)
     now = timezone.now()
     for who in (buyer, other):
-        _market, _rows, charged, has_vouchers = selectors.buyer_quote_market(who.organisation_id, now=now)
+        _prepared, charged, has_vouchers = selectors.buyer_quote_market(who.organisation_id, now=now)
         assert (charged, has_vouchers) == selectors.buyer_quote_facts(who.organisation_id, at=now)
-    assert selectors.buyer_quote_market(buyer.organisation_id, now=now)[2:] == (Decimal("0.7500"), True)
-    assert selectors.buyer_quote_market(other.organisation_id, now=now)[2:] == (Decimal(0), False)
+    assert selectors.buyer_quote_market(buyer.organisation_id, now=now)[1:] == (Decimal("0.7500"), True)
+    assert selectors.buyer_quote_market(other.organisation_id, now=now)[1:] == (Decimal(0), False)
 
 
 def test_a_quote_on_an_unchanged_market_asks_the_database_twice(django_assert_max_num_queries):

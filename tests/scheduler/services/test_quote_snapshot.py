@@ -146,3 +146,18 @@ def test_a_site_edited_meanwhile_is_quoted_with_its_new_carbon_at_once():
     marketplace_services.site_update(site=pools[0].site, actor=provider, green_share=Decimal("1.00"))
     after = services.quote_for(user=buyer, values=factories.job_values())["options"][0]["assignment"]
     assert after.carbon_kg == 0, "all green: no carbon, though the market was read a moment ago"
+
+
+def test_a_request_that_read_the_clock_just_before_the_market_was_prepared_quotes_on_it():
+    """Threads of one process: the one that read the clock first may come second. It quotes on the
+    market the other prepared, at the moment that one was prepared for, instead of preparing it again."""
+    from datetime import timedelta
+
+    factories.market(pools=2, nodes=1)
+    later = timezone.now()
+    prepared = selectors.quote_market(now=later)
+    earlier = selectors.quote_market(now=later - timedelta(milliseconds=5))
+    assert earlier.market is prepared.market
+    assert earlier.now == later == prepared.market.prepared_at
+    much_later = selectors.quote_market(now=later + timedelta(milliseconds=5))
+    assert much_later.market is prepared.market and much_later.now == later + timedelta(milliseconds=5)

@@ -139,6 +139,7 @@ class _Snapshot:
     leases: dict[int, list[engine.Lease]]  # offer id -> its holding leases, as the engine's Leases
     inputs: tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]
     market: QuoteMarket | None = None  # the engine's market prepared from the inputs, while it holds
+    donor: QuoteMarket | None = None  # the market of the snapshot this one replaced, until this one's is prepared
 
 
 _quote_snapshot: _Snapshot | None = None
@@ -208,7 +209,9 @@ def _snapshot(*, now: datetime, fingerprint: tuple | None = None) -> _Snapshot |
             return snapshot
         try:  # this thread reads the market again; the others answer from the snapshot meanwhile
             if _quote_snapshot is snapshot:
-                _quote_snapshot = _snapshot_read(now=now, fingerprint=fingerprint, leases_of=snapshot)
+                _quote_snapshot = replace(
+                    _snapshot_read(now=now, fingerprint=fingerprint, leases_of=snapshot), donor=_market_of(snapshot)
+                )
             return _quote_snapshot
         finally:
             _refresh_lock.release()
@@ -218,9 +221,16 @@ def _snapshot(*, now: datetime, fingerprint: tuple | None = None) -> _Snapshot |
             if snapshot is not None and _same_offers(snapshot.fingerprint, fingerprint):
                 snapshot = _snapshot_leases_moved(snapshot, now=now, fingerprint=fingerprint)
             else:
-                snapshot = _snapshot_read(now=now, fingerprint=fingerprint)
+                snapshot = replace(_snapshot_read(now=now, fingerprint=fingerprint), donor=_market_of(snapshot))
             _quote_snapshot = snapshot
     return snapshot
+
+
+def _market_of(snapshot: _Snapshot | None) -> QuoteMarket | None:
+    """The engine's market a snapshot prepared, or the one it was to start from: the next market's donor."""
+    if snapshot is None:
+        return None
+    return snapshot.market or snapshot.donor
 
 
 def _same_offers(before: tuple, after: tuple) -> bool:
@@ -265,7 +275,13 @@ def _snapshot_leases_moved(snapshot: _Snapshot, *, now: datetime, fingerprint: t
         leases[pk] = [known[str(lease_id)] for lease_id in ids]
     inputs = _inputs_from(snapshot.offers, leases, now=now, prices_at=snapshot.inputs, moved=set(moved))
     return replace(
-        snapshot, fingerprint=fingerprint, generations=generations, leases=leases, inputs=inputs, market=None
+        snapshot,
+        fingerprint=fingerprint,
+        generations=generations,
+        leases=leases,
+        inputs=inputs,
+        market=None,
+        donor=_market_of(snapshot),
     )
 
 
@@ -301,7 +317,9 @@ def quote_market(*, now: datetime, fingerprint: tuple | None = None) -> Prepared
             if market is not None and now < market.prepared_at and market.usable_at(market.prepared_at):
                 return PreparedMarket(market, rows, market.prepared_at)
             if market is None or not market.usable_at(now):
-                market = snapshot.market = QuoteMarket(pool_offers, leases, now=now)
+                # started from the market it replaces: what still holds of it is kept (see QuoteMarket)
+                market = QuoteMarket(pool_offers, leases, now=now, donor=_market_of(snapshot))
+                snapshot.market, snapshot.donor = market, None
     return PreparedMarket(market, rows, now)
 
 

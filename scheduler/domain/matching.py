@@ -138,11 +138,12 @@ from __future__ import annotations
 import heapq
 import threading
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 
@@ -201,6 +202,7 @@ ENERGY_PLACES = Decimal("0.001")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _NEVER = 2**62  # "no end" in microseconds
+_T = TypeVar("_T")
 _EPS = 1e-12  # float ceil guard: q × (1 − ε) so that an exact integer quotient does not round up
 _CAP_MARGIN = 1e-9  # the float price filter lets through pools within this relative margin; checked exactly after
 _FEN = 0.01
@@ -1231,7 +1233,14 @@ class _Market:
         config: MatchingConfig,
         leases: Iterable[Lease] = (),
         jobs: Iterable[JobSpec] = (),
+        donor: _Market | None = None,
+        donor_holds: bool = False,
     ) -> None:
+        """``donor``: a market built earlier of the same config (see :class:`QuoteMarket`), whose
+        lease-independent memos are kept for the pools whose facts are the same objects, and, when
+        ``donor_holds`` (no lease started or ended between its moment and ``now``), whose pool states
+        (commitments and what is derived from them) are kept for the pools whose facts and leases are
+        the same. The caller makes sure nothing uses the donor while this market is built or used."""
         self.now_dt = now
         self.now = _us(now)
         self.config = config
@@ -1257,15 +1266,36 @@ class _Market:
         self.states: dict[str, _PoolState] = {}
         self.next_change = _NEVER  # the first start or end of a lease after now (offered pool or not)
         self._held: list[tuple[Lease, PoolFacts, int]] = []  # leases loaded, with their thousandths of units
+        self.pool_leases: dict[str, list[Lease]] = {}  # the leases given, by pool id, in the order given
+        leases = list(leases)
         for lease in leases:
-            self._load(lease)
+            self.pool_leases.setdefault(lease.pool_id, []).append(lease)
+        before = {} if donor is None else donor._facts_by_id
+        same = {f.pool.pool_id for f in facts if before.get(f.pool.pool_id) is f}  # the same offers, unchanged
+        kept: set[str] = set()
+        if donor is not None and donor_holds:
+            for pool_id, state in donor.states.items():
+                if pool_id in same and donor.pool_leases.get(pool_id, []) == self.pool_leases.get(pool_id, []):
+                    state.now = self.now
+                    self.states[pool_id] = state
+                    kept.add(pool_id)
+        for lease in leases:
+            self._load(lease, kept)
         for pool_id, state in self.states.items():
-            stack, i = self.where[pool_id]
-            self.partitions[stack].update(i, state)
+            if pool_id not in kept or not state.pristine:
+                stack, i = self.where[pool_id]
+                self.partitions[stack].update(i, state)
         self.mix = config.mix if config.mix is not None else _queue_mix(jobs, config.mix_size, facts)
         self._frag_cache: dict[tuple[NodeShape, int, int, tuple[int, ...]], float] = {}
         self._resolutions_kept: dict[tuple, dict[str, Resolved | Reason]] = {}  # see _resolutions
         self._prices_kept: dict[tuple, dict[str, tuple[_Costs, Decimal]]] = {}  # see _prices
+        if donor is not None:  # both read only a pool's facts
+            self._resolutions_kept = _kept_for(donor._resolutions_kept, same)
+            self._prices_kept = _kept_for(donor._prices_kept, same)
+
+    @cached_property
+    def _facts_by_id(self) -> dict[str, PoolFacts]:
+        return {f.pool.pool_id: f for f in self.facts}
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -1279,7 +1309,9 @@ class _Market:
             state = self.states[facts.pool.pool_id] = _PoolState(facts, self.now)
         return state
 
-    def _load(self, lease: Lease) -> None:
+    def _load(self, lease: Lease, kept: Collection[str] = ()) -> None:
+        """Count the lease in: its commitments on its pool's nodes (``kept``: pools whose state, taken
+        from a donor market, holds them already), and when it next starts or ends."""
         start, end = _us(lease.start), _us(lease.end)
         now = self.now
         if now < start < self.next_change:
@@ -1293,15 +1325,18 @@ class _Market:
         nodes, accelerated = len(state.base), facts.accelerated
         lease_id, job_id, org_id, interruptible = lease.lease_id, lease.job_id, lease.org_id, lease.interruptible
         thousandths = 0  # of a device or of a core, summed exactly (units = thousandths / 1000)
+        held = lease.pool_id in kept
         for allocation in lease.allocations:
             placement, demand = allocation.placement, allocation.demand
             if not 0 <= placement.node < nodes:
                 continue  # a node no longer offered: nothing the cycle could give
+            thousandths += demand.accelerator_thousandths if accelerated else demand.cpu_milli
+            if held:
+                continue
             state.add(
                 placement.node,
                 _Commitment(start, end, placement, demand, "lease", lease_id, job_id, org_id, interruptible),
             )
-            thousandths += demand.accelerator_thousandths if accelerated else demand.cpu_milli
         self._held.append((lease, facts, thousandths))
 
     @cached_property
@@ -1936,6 +1971,11 @@ def _commitment_units(commitments: list[_Commitment]) -> int:
     return sum(c.demand.accelerator_thousandths or c.demand.cpu_milli for c in commitments)
 
 
+def _kept_for(memos: dict[tuple, dict[str, _T]], pools: Collection[str]) -> dict[tuple, dict[str, _T]]:
+    """Per-pool memos (per demand, by pool id) cut down to the given pools."""
+    return {key: {pool_id: v for pool_id, v in memo.items() if pool_id in pools} for key, memo in memos.items()}
+
+
 def _queue_mix(jobs: Iterable[JobSpec], size: int, facts: Iterable[PoolFacts]) -> WorkloadMix | None:
     """The workload mix the fragmentation measure expects: the most common per-node demands of the queue,
     plus whole-node demands (one per node size of the market) for ``WHOLE_NODE_SHARE`` of the mix, so that
@@ -1951,7 +1991,7 @@ def _queue_mix(jobs: Iterable[JobSpec], size: int, facts: Iterable[PoolFacts]) -
             accelerator_milli=job.accelerator_milli,
         )
         counts[demand] = counts.get(demand, 0) + 1
-    sizes = sorted({f.units_per_node for f in facts if f.accelerated})
+    sizes = _node_sizes(facts)
     if not counts and not sizes:
         return None
     common = heapq.nsmallest(size, counts.items(), key=lambda item: (-item[1], _demand_order(item[0])))
@@ -1962,6 +2002,11 @@ def _queue_mix(jobs: Iterable[JobSpec], size: int, facts: Iterable[PoolFacts]) -
         whole = SliceDemand(0, 0, accelerators=units)
         mix[whole] = mix.get(whole, 0.0) + whole_share / len(sizes)
     return WorkloadMix(tuple(sorted(mix.items(), key=lambda item: _demand_order(item[0]))))
+
+
+def _node_sizes(facts: Iterable[PoolFacts]) -> list[int]:
+    """The accelerators per node of the accelerated pools, each size once, ascending."""
+    return sorted({f.units_per_node for f in facts if f.accelerated})
 
 
 def _demand_order(demand: SliceDemand) -> tuple[int, int, int, int]:
@@ -2196,7 +2241,26 @@ class QuoteMarket:
     change it (a quote commits nothing). What differs per job is the
     workload mix of the fragmentation measure (the job's own demand): it is
     set per call, with its fragmentation memo kept per mix.
-    Calls are serialised by a lock (processes may serve requests on threads)."""
+    Calls are serialised by a lock (processes may serve requests on threads).
+
+    Prepared again after the market changed, it may be given the market it
+    replaces (``donor``) to start from what that one worked out and still
+    holds, so that the quotes after a change do not start cold:
+
+    - per pool whose facts are the same objects (the same offer, as
+      :func:`~scheduler.domain.demand.pool_facts` memoises them), what it
+      read of the pool for a job's shape: how the demand resolves and the
+      costs;
+    - the workload mixes and their fragmentation memos, when the pools'
+      node sizes are the same;
+    - when no lease started or ended between the donor's moment and ``now``:
+      per pool whose facts and leases (the same leases, in the same order)
+      are the same, the pool's commitments with the free capacity, windows
+      and packing state worked out from them.
+
+    Everything else is built afresh, and the answers are those of a market
+    built without a donor (property-tested). The two share one lock from
+    then on: the pool states they share are used by one call at a time."""
 
     def __init__(
         self,
@@ -2205,15 +2269,30 @@ class QuoteMarket:
         *,
         now: datetime,
         config: MatchingConfig | None = None,
+        donor: QuoteMarket | None = None,
     ) -> None:
         self.config = config or MatchingConfig()
-        self._market = _Market(pools, now=now, config=self.config, leases=leases, jobs=())
+        if donor is not None and donor.config != self.config:
+            donor = None
+        self._lock = donor._lock if donor is not None else threading.Lock()
+        with self._lock:  # a donor's pool states become this market's too: no call may use them meanwhile
+            self._market = _Market(
+                pools,
+                now=now,
+                config=self.config,
+                leases=leases,
+                jobs=(),
+                donor=donor._market if donor is not None else None,
+                donor_holds=donor is not None and donor.usable_at(now),
+            )
         self._prepared, self._prepared_at = self._market.now, now
         self._next_change = self._market.next_change  # the first start or end of a lease after it is prepared
         self._facts = self._market.facts
+        self._sizes = _node_sizes(self._facts)
         self._mixes: dict[WorkloadMix | None, tuple[WorkloadMix | None, dict]] = {}
         self._job_mixes: dict[tuple[int, int, int, int] | None, tuple[WorkloadMix | None, dict]] = {}
-        self._lock = threading.Lock()
+        if donor is not None and donor._sizes == self._sizes:  # a job's mix reads only the node sizes
+            self._mixes, self._job_mixes = dict(donor._mixes), dict(donor._job_mixes)
 
     @property
     def prepared_at(self) -> datetime:
@@ -2229,10 +2308,9 @@ class QuoteMarket:
             raise ValueError("the prepared market does not hold at this time: prepare it again")
         market = self._market
         moment = _us(now)
-        if moment != market.now:
-            market.now, market.now_dt = moment, now
-            for state in market.states.values():
-                state.now = moment
+        market.now, market.now_dt = moment, now
+        for state in market.states.values():  # every time: a market started from this one shares some of them
+            state.now = moment
         market.mix, market._frag_cache = self._mix_of(job)
         return market
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from billing.domain.money import to_fen
@@ -39,7 +40,7 @@ from scheduler.domain.matching import (
     schedule_cycle,
 )
 from scheduler.domain.packing import NodeState
-from tests.scheduler.domain.test_matching import A100, ASCEND, H100, KUNPENG, NOW, lease_from, make_pool
+from tests.scheduler.domain.test_matching import A100, ASCEND, H100, KUNPENG, NOW, lease_from, make_job, make_pool
 
 D = Decimal
 CITIES = ["shanghai", "hangzhou", "beijing", "guangzhou", "zhongwei", "guiyang", "chengdu", "wuhan"]
@@ -365,3 +366,63 @@ def test_the_explanation_counts_every_pool_under_its_first_failing_check(market,
     assert why.never_fits == (why.fit == 0)
     counts = [n for _, n in why.counts]
     assert counts == sorted(counts, reverse=True)
+
+
+@PROPERTY
+@given(
+    scenario=scenarios(),
+    ago=st.integers(1, 3600),
+    later=st.one_of(st.integers(0, 60), st.integers(0, 2 * 3600)),
+    held_before=st.integers(0, 2**16 - 1),
+    flipped=st.lists(st.integers(0, 15), max_size=3),
+    repriced=st.one_of(st.just(0), st.integers(0, 2**8 - 1)),
+)
+def test_a_quote_market_started_from_the_one_it_replaces_answers_as_a_fresh_one(
+    scenario, ago, later, held_before, flipped, repriced
+):
+    """Leases made and ended, offers repriced, time moved on or not: what the new market keeps of the
+    donor changes no answer."""
+    market, earlier, queued = scenario
+    held_after = held_before
+    for bit in flipped:  # a few leases made or ended meanwhile
+        held_after ^= 1 << bit
+    first = schedule_cycle(earlier, market, [], NOW - timedelta(seconds=ago))
+    leases = [lease_from(a, f"lease-{a.job_id}", interruptible=a.interruptible) for a in first.assignments]
+    before = [lease for i, lease in enumerate(leases) if held_before >> (i % 16) & 1]
+    after = [lease for i, lease in enumerate(leases) if held_after >> (i % 16) & 1]
+    donor = QuoteMarket(market, before, now=NOW)
+    for job in queued:  # the donor's memos, windows and packing state worked out
+        donor.quote(job, now=NOW)
+    moved_market = [
+        replace(pool, unit_price=pool.unit_price + D("0.001")) if repriced >> (i % 8) & 1 else pool
+        for i, pool in enumerate(market)
+    ]
+    now = NOW + timedelta(seconds=later)
+    prepared = QuoteMarket(moved_market, after, now=now, donor=donor)
+    kept = [p for p, state in prepared._market.states.items() if donor._market.states.get(p) is state]
+    event(f"pool states kept: {'some' if kept else 'none'}")
+    for job in queued:
+        assert prepared.quote(job, now=now) == quote(job, moved_market, after, now=now)
+        assert _checked(partial(prepared.check_submission, job, now=now)) == _checked(
+            partial(check_submission, job, moved_market, now=now)
+        )
+    # the donor, still in use by a request that began before the change, answers as before
+    for moment in (NOW, now):
+        if donor.usable_at(moment):
+            for job in queued:
+                assert donor.quote(job, now=moment) == quote(job, market, before, now=moment)
+
+
+def test_a_market_started_from_an_unchanged_one_keeps_its_pool_states():
+    pools = [make_pool("a", device=A100, price="0.010"), make_pool("b", device=H100, price="0.020")]
+    job = make_job("j", accelerators=2, hours=1)
+    placed = schedule_cycle([job], pools, [], NOW)
+    leases = [lease_from(a, "lease-j") for a in placed.assignments]
+    donor = QuoteMarket(pools, leases, now=NOW)
+    donor.quote(job, now=NOW)
+    same = QuoteMarket(pools, leases, now=NOW + timedelta(seconds=1), donor=donor)
+    moved = QuoteMarket(pools, [], now=NOW + timedelta(seconds=1), donor=donor)
+    pool_id = leases[0].pool_id
+    assert same._market.states[pool_id] is donor._market.states[pool_id]
+    assert pool_id not in moved._market.states  # its lease ended: nothing of the donor's state is kept
+    assert moved.quote(job, now=NOW + timedelta(seconds=1)) == quote(job, pools, [], now=NOW + timedelta(seconds=1))

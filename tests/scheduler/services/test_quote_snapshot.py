@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from marketplace import services as marketplace_services
 from scheduler import selectors, services
+from scheduler.domain.matching import quote
 from scheduler.models import Lease, LeaseStatus, Offer
 from tests import factories
 
@@ -161,3 +162,27 @@ def test_a_request_that_read_the_clock_just_before_the_market_was_prepared_quote
     assert earlier.now == later == prepared.market.prepared_at
     much_later = selectors.quote_market(now=later + timedelta(milliseconds=5))
     assert much_later.market is prepared.market and much_later.now == later + timedelta(milliseconds=5)
+
+
+def test_the_market_prepared_after_a_lease_was_made_starts_from_the_one_before():
+    """The pool the new lease took is worked out again; the other keeps its state, and both their answers
+    are what a market prepared from scratch gives."""
+    _provider, pools = factories.market(pools=2, nodes=1)
+    buyer = factories.buyer()
+    factories.submit(buyer)
+    services.cycle_run()  # a lease on one pool
+    before = selectors.quote_market(now=timezone.now()).market
+    services.quote_for(user=buyer, values=factories.job_values())
+    factories.submit(buyer)
+    services.cycle_run()  # a lease on the other pool
+    now = timezone.now()
+    after = selectors.quote_market(now=now)
+    taken = {lease.offer.pool_id: f"offer:{lease.offer_id}" for lease in Lease.objects.select_related("offer")}
+    assert len(taken) == 2
+    first, second = (taken[p.pk] for p in sorted(pools, key=lambda p: Lease.objects.get(offer__pool=p).pk))
+    assert after.market is not before
+    assert after.market._market.states[first] is before._market.states[first]
+    assert after.market._market.states[second] is not before._market.states.get(second)
+    pool_offers, leases, _rows = selectors.engine_inputs(now=now)
+    job = services.job_spec(services.job_draft(user=buyer, values=factories.job_values()))
+    assert after.market.quote(job, now=now) == quote(job, pool_offers, leases, now=now)

@@ -1052,19 +1052,7 @@ class _Partition:
         return value
 
     def demand(self, job: JobSpec) -> _DemandView:
-        key = (
-            "demand",
-            job.stack,
-            job.capacity,
-            job.accelerators_per_node,
-            job.accelerator_milli,
-            job.nodes,
-            job.cpu_milli_per_node,
-            job.memory_mib_per_node,
-            job.storage_gib_per_node,
-            job.accelerator_memory_gib,
-        )
-        return self._cached(key, lambda: _DemandView(self, job, self.config))
+        return self._cached(("demand", *_view_key(job)), lambda: _DemandView(self, job, self.config))
 
     def device_mask(self, job: JobSpec, view: _DemandView) -> np.ndarray:
         if not job.device_models:
@@ -1946,12 +1934,11 @@ class _Market:
         return (fresh, removed) if fresh is not None else None
 
 
-def _demand_key(job: JobSpec) -> tuple:
-    """All that :func:`~scheduler.domain.demand.resolve` reads of a job."""
+def _view_key(job: JobSpec) -> tuple:
+    """All that a partition's :class:`_DemandView` reads of a job (device models are masked apart)."""
     return (
         job.stack,
         job.capacity,
-        job.device_models,
         job.accelerators_per_node,
         job.accelerator_milli,
         job.nodes,
@@ -1960,6 +1947,11 @@ def _demand_key(job: JobSpec) -> tuple:
         job.storage_gib_per_node,
         job.accelerator_memory_gib,
     )
+
+
+def _demand_key(job: JobSpec) -> tuple:
+    """All that :func:`~scheduler.domain.demand.resolve` reads of a job: the demand view's, and the device models."""
+    return (*_view_key(job), job.device_models)
 
 
 def _ncu(facts: PoolFacts, thousandths: int) -> float:

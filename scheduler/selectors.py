@@ -163,14 +163,19 @@ def _market_fingerprint(*, buyer: tuple[int, datetime] | None = None) -> tuple:
     made or ended on an offer bumps its generation) and their pools' latest
     edit. One small statement, asked on every quote and submission; with
     ``buyer`` (an organisation id and a moment), the same statement also reads
-    :func:`buyer_quote_facts`, returned after the fingerprint's four values."""
+    the buyer's facts (see :func:`buyer_quote_market`), returned after the
+    fingerprint's four values."""
     params = [] if buyer is None else _buyer_facts_params(*buyer)
     with connection.cursor() as cursor:
         cursor.execute(_fingerprint_sql(with_buyer=buyer is not None), [*params, OfferStatus.ACTIVE])
         n, top, generations, edited, *facts = cursor.fetchone()
     if isinstance(edited, str):  # SQLite hands the timestamp back as text
         edited = datetime.fromisoformat(edited)
-    return (n, top, int(generations), edited, *(_buyer_facts(*facts) if facts else ()))
+    if facts:
+        charged, has_vouchers = facts
+        # PostgreSQL sums decimals exactly; SQLite hands back a float, rounded here to the field's 4 places
+        facts = [Decimal(str(charged)).quantize(Decimal("0.0001")), bool(has_vouchers)]
+    return (n, top, int(generations), edited, *facts)
 
 
 def quote_inputs(*, now: datetime) -> tuple[list[engine.PoolOffer], list[engine.Lease], dict[str, Offer]]:
@@ -324,8 +329,11 @@ def quote_market(*, now: datetime, fingerprint: tuple | None = None) -> Prepared
 
 
 def buyer_quote_market(buyer_id: int, *, now: datetime) -> tuple[PreparedMarket, Decimal, bool]:
-    """:func:`quote_market` and :func:`buyer_quote_facts` with one statement
-    for both: the market's fingerprint and the buyer's facts are read together."""
+    """:func:`quote_market`, and what a quote needs of the buyer: the NCU-hours
+    it was charged for this month (volume tiers: as
+    :func:`billing.selectors.month_to_date_ncu_hours`) and whether it holds a
+    voucher usable at ``now`` (only then are its vouchers read). One statement
+    reads the market's fingerprint and the buyer's facts together."""
     *fingerprint, month_to_date, has_vouchers = _market_fingerprint(buyer=(buyer_id, now))
     return quote_market(now=now, fingerprint=tuple(fingerprint)), month_to_date, has_vouchers
 
@@ -480,20 +488,6 @@ def _buyer_facts_params(buyer_id: int, at: datetime) -> list[Any]:
     from vouchers.models import VoucherStatus
 
     return [buyer_id, month_start(at), buyer_id, VoucherStatus.ACTIVE, at, at]
-
-
-def _buyer_facts(charged: Any, has_vouchers: Any) -> tuple[Decimal, bool]:
-    # PostgreSQL sums decimals exactly; SQLite hands back a float, rounded here to the field's 4 places
-    return Decimal(str(charged)).quantize(Decimal("0.0001")), bool(has_vouchers)
-
-
-def buyer_quote_facts(buyer_id: int, *, at: datetime) -> tuple[Decimal, bool]:
-    """What a quote needs of the buyer, in one statement: the NCU-hours it was
-    charged for this month (volume tiers: as :func:`billing.selectors.month_to_date_ncu_hours`)
-    and whether it holds a voucher usable at ``at`` (only then are its vouchers read)."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_buyer_facts_columns()}", _buyer_facts_params(buyer_id, at))
-        return _buyer_facts(*cursor.fetchone())
 
 
 def hours(value: Decimal) -> timedelta:

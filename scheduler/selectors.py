@@ -214,8 +214,8 @@ def _snapshot(*, now: datetime, fingerprint: tuple | None = None) -> _Snapshot |
             return snapshot
         try:  # this thread reads the market again; the others answer from the snapshot meanwhile
             if _quote_snapshot is snapshot:
-                _quote_snapshot = replace(
-                    _snapshot_read(now=now, fingerprint=fingerprint, leases_of=snapshot), donor=_market_of(snapshot)
+                _quote_snapshot = _snapshot_read(
+                    now=now, fingerprint=fingerprint, leases_of=snapshot, donor=_market_of(snapshot)
                 )
             return _quote_snapshot
         finally:
@@ -226,7 +226,7 @@ def _snapshot(*, now: datetime, fingerprint: tuple | None = None) -> _Snapshot |
             if snapshot is not None and _same_offers(snapshot.fingerprint, fingerprint):
                 snapshot = _snapshot_leases_moved(snapshot, now=now, fingerprint=fingerprint)
             else:
-                snapshot = replace(_snapshot_read(now=now, fingerprint=fingerprint), donor=_market_of(snapshot))
+                snapshot = _snapshot_read(now=now, fingerprint=fingerprint, donor=_market_of(snapshot))
             _quote_snapshot = snapshot
     return snapshot
 
@@ -247,9 +247,12 @@ def _generations() -> dict[int, int]:
     return dict(Offer.objects.filter(status=OfferStatus.ACTIVE).values_list("id", "generation"))
 
 
-def _snapshot_read(*, now: datetime, fingerprint: tuple, leases_of: _Snapshot | None = None) -> _Snapshot:
+def _snapshot_read(
+    *, now: datetime, fingerprint: tuple, leases_of: _Snapshot | None = None, donor: QuoteMarket | None = None
+) -> _Snapshot:
     """The market read afresh (``leases_of``: a snapshot of the same
-    fingerprint, whose leases still hold: only the offers are read again)."""
+    fingerprint, whose leases still hold: only the offers are read again;
+    ``donor``: the market of the snapshot it replaces)."""
     if leases_of is not None:
         generations, leases = leases_of.generations, leases_of.leases
     else:
@@ -257,7 +260,7 @@ def _snapshot_read(*, now: datetime, fingerprint: tuple, leases_of: _Snapshot | 
         leases = _leases_by_offer(generations, now=now)
     offers = _market_offers(now=now)
     inputs = _inputs_from(offers, leases, now=now)
-    return _Snapshot(time.monotonic(), fingerprint, offers, generations, leases, inputs)
+    return _Snapshot(time.monotonic(), fingerprint, offers, generations, leases, inputs, donor=donor)
 
 
 def _snapshot_leases_moved(snapshot: _Snapshot, *, now: datetime, fingerprint: tuple) -> _Snapshot:

@@ -280,6 +280,8 @@ CELERY_BEAT_SCHEDULE["watch-leases"] = {
 CX_CYCLE_MIN_GAP_SECONDS = float(os.environ.get("CX_CYCLE_MIN_GAP_SECONDS", "1"))
 # Quotes reuse a market snapshot this long while the market is unchanged (scheduler/selectors.py).
 CX_QUOTE_SNAPSHOT_SECONDS = float(os.environ.get("CX_QUOTE_SNAPSHOT_SECONDS", "2"))
+# ... and read it again when it is that old on a thread of their own (tests read it on the caller's).
+CX_QUOTE_REFRESH_IN_BACKGROUND = os.environ.get("CX_QUOTE_REFRESH_IN_BACKGROUND", "1") == "1"
 # Work left without progress for CX_STUCK_SECONDS (a task lost with Redis, a
 # callback lost with a process) is found and repaired (scheduler/repair.py).
 CX_STUCK_SECONDS = float(os.environ.get("CX_STUCK_SECONDS", "300"))

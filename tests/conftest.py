@@ -42,6 +42,14 @@ def _fresh_quote_snapshot() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _quote_snapshot_read_on_the_callers_thread(settings) -> None:
+    """A test's data is in its own transaction, which another thread's connection cannot see: the quote
+    snapshot is read again on the caller's thread (tests/scheduler/services/test_quote_snapshot.py has the
+    background reading, committed)."""
+    settings.CX_QUOTE_REFRESH_IN_BACKGROUND = False
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

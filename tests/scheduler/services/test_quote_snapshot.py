@@ -2,6 +2,7 @@
 made or ended, an offer listed or a pool edited is seen by the next quote;
 what follows the clock is read again once the snapshot is old."""
 
+import threading
 import time
 from decimal import Decimal
 
@@ -186,3 +187,75 @@ def test_the_market_prepared_after_a_lease_was_made_starts_from_the_one_before()
     pool_offers, leases, _rows = selectors.engine_inputs(now=now)
     job = services.job_spec(services.job_draft(user=buyer, values=factories.job_values()))
     assert after.market.quote(job, now=now) == quote(job, pool_offers, leases, now=now)
+
+
+def _refreshed() -> None:
+    """Wait for the background reading of the quote snapshot, if one runs."""
+    for thread in threading.enumerate():
+        if thread.name == "quote-snapshot-refresh":
+            thread.join(timeout=30)
+    assert not selectors._refresh_lock.locked(), "the refresh lock is released when the reading is done"
+
+
+@pytest.mark.django_db(transaction=True)  # the background thread reads on a connection of its own
+def test_an_old_snapshot_is_read_again_in_the_background_while_the_request_answers_from_it(settings, monkeypatch):
+    settings.CX_QUOTE_REFRESH_IN_BACKGROUND = True
+    _provider, pools = factories.market(pools=1, nodes=1)
+    first = selectors.quote_inputs(now=timezone.now())
+    Offer.objects.filter(pool=pools[0]).update(list_price=Decimal("99.00"))  # terms: not in the fingerprint
+    later = time.monotonic() + 3
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert selectors.quote_inputs(now=timezone.now()) is first, "the request does not wait for the reading"
+    _refreshed()
+    again = selectors._quote_snapshot
+    assert again.inputs is not first and again.taken == later
+    assert next(iter(again.inputs[2].values())).list_price == Decimal("99.00")
+    assert again.market is not None and again.market.usable_at(timezone.now()), "its market is prepared too"
+    buyer = factories.buyer()
+    pool_offers, leases, _rows = selectors.engine_inputs(now=timezone.now())
+    now = timezone.now()
+    job = services.job_spec(services.job_draft(user=buyer, values=factories.job_values()))
+    prepared = selectors.quote_market(now=now)
+    assert prepared.market is again.market
+    assert prepared.market.quote(job, now=now) == quote(job, pool_offers, leases, now=now)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reading_that_fails_in_the_background_leaves_the_snapshot_and_is_tried_again(settings, monkeypatch):
+    settings.CX_QUOTE_REFRESH_IN_BACKGROUND = True
+    factories.market(pools=1, nodes=1)
+    first = selectors.quote_inputs(now=timezone.now())
+    later = time.monotonic() + 3
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    reading = selectors._snapshot_read
+
+    def broken(**kwargs):
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(selectors, "_snapshot_read", broken)
+    assert selectors.quote_inputs(now=timezone.now()) is first
+    _refreshed()
+    assert selectors._quote_snapshot.inputs is first
+    monkeypatch.setattr(selectors, "_snapshot_read", reading)
+    assert selectors.quote_inputs(now=timezone.now()) is first
+    _refreshed()
+    assert selectors._quote_snapshot.inputs is not first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_background_reading_does_not_replace_a_snapshot_the_market_moved_on_to(settings):
+    settings.CX_QUOTE_REFRESH_IN_BACKGROUND = True
+    factories.market(pools=2, nodes=1)
+    buyer = factories.buyer()
+    first = selectors.quote_inputs(now=timezone.now())
+    old = selectors._quote_snapshot
+    factories.submit(buyer)
+    services.cycle_run()  # a lease: the next call brings the snapshot up to date
+    selectors.quote_inputs(now=timezone.now())
+    moved_on = selectors._quote_snapshot
+    assert moved_on is not old and len(moved_on.inputs[1]) == len(first[1]) + 1
+    selectors._refresh_lock.acquire()
+    refresh = threading.Thread(target=selectors._refresh, args=(old,), name="quote-snapshot-refresh")
+    refresh.start()  # a reading of the old snapshot that ends after the market moved
+    _refreshed()
+    assert selectors._quote_snapshot is moved_on

@@ -76,7 +76,7 @@ class TokenAuthentication(authentication.TokenAuthentication):
         token = _loader(token_model, alias)(row[:first])
         user = _loader(user_model, alias)(row[first:then])
         user.organisation = None if user.organisation_id is None else _loader(organisation_model, alias)(row[then:])
-        token.user = user
+        token_model.user.field.set_cached_value(token, user)  # not ``token.user =``: no user.auth_token back, no cycle
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
         return (user, token)

@@ -3,6 +3,9 @@ each instance has its own fields, bound to it, reading its own context."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from rest_framework import serializers
 
 from core.api import FieldsBuiltOnce
@@ -30,10 +33,26 @@ def test_each_instance_has_its_own_fields_bound_to_it():
     first, second = Sample(context={"who": "a"}), Sample(context={"who": "b"})
     for name in ("name", "tags", "extra", "notes", "method"):
         assert first.fields[name] is not second.fields[name]
-        assert first.fields[name].parent is first and second.fields[name].parent is second
+        assert first.fields[name].parent == first and second.fields[name].parent == second
+        assert first.fields[name].parent != second
     assert first.fields["tags"].child is not second.fields["tags"].child
-    assert first.fields["tags"].child.parent is first.fields["tags"]
-    assert first.fields["tags"].child.root is first and second.fields["extra"].child.root is second
+    assert first.fields["tags"].child.parent == first.fields["tags"]
+    assert first.fields["tags"].child.root == first and second.fields["extra"].child.root == second
+
+
+def test_a_serializer_and_its_fields_are_freed_without_the_garbage_collector():
+    """Bound weakly: no reference cycle between a serializer and its fields, nor a list field and its child."""
+    gc.collect()
+    gc.disable()
+    try:
+        data = Sample(data={"name": "x", "tags": ["t"], "extra": {"k": 1}}, context={"who": "a"})
+        assert data.is_valid(), data.errors
+        tags, serializer = weakref.ref(data.fields["tags"]), weakref.ref(data)
+        child = weakref.ref(data.fields["tags"].child)
+        del data
+        assert serializer() is None and tags() is None and child() is None
+    finally:
+        gc.enable()
 
 
 def test_fields_read_the_context_of_their_own_instance():

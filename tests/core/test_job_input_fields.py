@@ -49,4 +49,4 @@ def test_a_field_of_one_request_keeps_nothing_for_the_next():
     good = JobInput(data={**base, "allowed_hubs": ["GZ"]})
     assert good.is_valid(), good.errors
     assert good.validated_data["allowed_hubs"] == ["GZ"]
-    assert good.fields["nodes"].parent is good and bad.fields["nodes"].parent is bad
+    assert good.fields["nodes"].parent == good and bad.fields["nodes"].parent == bad

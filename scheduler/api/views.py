@@ -145,6 +145,9 @@ def _within_horizon(moment: datetime | None) -> datetime | None:
 
 
 class JobInput(FieldsBuiltOnce, serializers.Serializer):
+    """A job to quote or submit: what it runs, what each node needs, how long, where it may run and what the
+    buyer optimises for."""
+
     name = serializers.CharField(max_length=200)
     image = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     command = serializers.ListField(child=serializers.CharField(max_length=4000), max_length=256, default=list)
@@ -241,6 +244,8 @@ class LeaseOutput(serializers.ModelSerializer):
 
 
 class JobOutput(FieldsBuiltOnce, serializers.ModelSerializer):
+    """A job as submitted, with its state, why it waits if it does, and its current lease."""
+
     lease = serializers.SerializerMethodField()
 
     class Meta:

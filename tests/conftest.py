@@ -39,6 +39,7 @@ def _fresh_quote_snapshot() -> None:
     from scheduler import selectors
 
     selectors._quote_snapshot = None
+    selectors._lease_rows = {}
 
 
 @pytest.fixture(autouse=True)

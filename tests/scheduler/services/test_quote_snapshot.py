@@ -7,7 +7,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -259,3 +259,51 @@ def test_a_background_reading_does_not_replace_a_snapshot_the_market_moved_on_to
     refresh.start()  # a reading of the old snapshot that ends after the market moved
     _refreshed()
     assert selectors._quote_snapshot is moved_on
+
+
+def _leases_read_afresh(now) -> dict[int, list]:
+    offers = list(Offer.objects.filter(status="active").values_list("id", flat=True))
+    return dict(selectors._leases_by_offer(offers, now=now))
+
+
+@pytest.mark.postgres  # SQLite gives an id again after a rollback: there every row is read each time
+def test_a_cycles_leases_are_those_read_afresh_though_only_new_rows_are_read():
+    factories.market(pools=3, nodes=2)
+    buyers = [factories.buyer(), factories.buyer()]
+    for round_ in range(4):
+        for buyer in buyers:
+            factories.submit(buyer)
+        services.cycle_run()
+        if round_ == 2:  # a lease ends early: it holds nothing from then on
+            lease = Lease.objects.order_by("id").first()
+            services.lease_transition(lease=lease, to=LeaseStatus.CANCELLED, actor=None, reason="test")
+        now = timezone.now()
+        offers = list(Offer.objects.filter(status="active").values_list("id", flat=True))
+        with CaptureQueriesContext(connection) as queries:
+            kept = selectors._holding_leases_of(offers, now=now)
+        fresh = _leases_read_afresh(now)
+        assert {pk: held for pk, held in kept.items() if held} == {pk: held for pk, held in fresh.items() if held}
+        rows_read = [q["sql"] for q in queries.captured_queries if '"allocations"' in q["sql"]]
+        assert len(rows_read) <= 1
+        with CaptureQueriesContext(connection) as queries:
+            again = selectors._holding_leases_of(offers, now=now)
+        assert again == kept
+        assert not [q for q in queries.captured_queries if '"allocations"' in q["sql"]], "no row read twice"
+    assert Lease.objects.count() >= 6
+    later = max(lease.end for lease in Lease.objects.all())
+    assert selectors._holding_leases_of(offers, now=later) == {pk: [] for pk in offers}
+    assert selectors._lease_rows == {}, "leases ended are forgotten"
+
+
+def test_on_a_database_other_than_postgresql_every_lease_row_is_read_each_time(monkeypatch):
+    factories.market(pools=1, nodes=2)
+    factories.submit(factories.buyer())
+    services.cycle_run()
+    offers = list(Offer.objects.values_list("id", flat=True))
+    now = timezone.now()
+    monkeypatch.setattr(connections["default"], "vendor", "sqlite")  # as on SQLite, whichever this test runs on
+    with CaptureQueriesContext(connection) as queries:
+        kept = selectors._holding_leases_of(offers, now=now)
+    assert kept == _leases_read_afresh(now) and sum(map(len, kept.values())) == 1
+    assert [q for q in queries.captured_queries if '"allocations"' in q["sql"]]
+    assert selectors._lease_rows == {}

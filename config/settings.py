@@ -278,6 +278,9 @@ CELERY_BEAT_SCHEDULE["watch-leases"] = {
 # A cycle asked for by submissions starts at least this long after the last one started
 # (scheduler/services.py: under a stream of submissions, one cycle per gap places them all).
 CX_CYCLE_MIN_GAP_SECONDS = float(os.environ.get("CX_CYCLE_MIN_GAP_SECONDS", "1"))
+# Workers run their tasks at this Unix niceness (0: as the API; 19: lowest): when the cores are busy the API's
+# requests are served first and scheduling cycles wait, rather than requests waiting for a cycle's CPU.
+CX_WORKER_NICE = int(os.environ.get("CX_WORKER_NICE", "10"))
 # Quotes reuse a market snapshot this long while the market is unchanged (scheduler/selectors.py).
 CX_QUOTE_SNAPSHOT_SECONDS = float(os.environ.get("CX_QUOTE_SNAPSHOT_SECONDS", "2"))
 # ... and read it again when it is that old on a thread of their own (tests read it on the caller's).

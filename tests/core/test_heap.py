@@ -26,3 +26,21 @@ def test_loading_the_wsgi_application_settles_the_heap(tmp_path):
     frozen, threshold = json.loads(out.stdout.strip().splitlines()[-1])
     assert frozen > 50_000  # Django, DRF and every view loaded before the freeze
     assert threshold == [heap.YOUNG_THRESHOLD, heap.MIDDLE_THRESHOLD, heap.OLD_THRESHOLD]
+
+
+WORKER_READY = (
+    "import json, os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup(); "
+    "from config.celery import _settle_heap; _settle_heap(); _settle_heap(); "
+    "print(json.dumps(os.getpriority(os.PRIO_PROCESS, 0)))"
+)
+
+
+def test_a_ready_worker_runs_below_the_apis_cpu_priority(tmp_path):
+    """Scheduling workers yield the cores to the API's requests when both want them (``CX_WORKER_NICE``)."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "CX_WORKER_NICE": "7"}
+    for variable in ("CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE"):
+        env.pop(variable, None)
+    started = os.getpriority(os.PRIO_PROCESS, 0)
+    out = subprocess.run([sys.executable, "-c", WORKER_READY], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == max(started, 7), "set once, not added per signal"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -97,12 +98,22 @@ def _increment(key: str, window: int) -> int:
     return 0
 
 
+_clients = threading.local()  # per thread: (Django's Redis cache client, the Redis client it made)
+
+
 def _redis_client(key: str) -> Any:
-    """The Redis client behind Django's Redis cache, or None for another cache."""
+    """The Redis client behind Django's Redis cache, or None for another cache;
+    made once per thread and kept while the cache's client is the same (Django
+    makes a new one on every call: 0.17 ms, a twentieth of a quote's CPU).
+    A Redis client takes a connection from the cache's pool per command."""
     backend = caches["default"]
     if not isinstance(backend, RedisCache):
         return None
-    return backend._cache.get_client(key, write=True)
+    cache_client = backend._cache
+    kept = getattr(_clients, "kept", None)
+    if kept is None or kept[0] is not cache_client:
+        kept = _clients.kept = (cache_client, cache_client.get_client(key, write=True))
+    return kept[1]
 
 
 def client_address(request: HttpRequest) -> str:

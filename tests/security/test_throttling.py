@@ -231,3 +231,18 @@ def test_after_waiting_as_told_the_caller_goes_on(rates, monkeypatch):
     assert login(api, user.username).status_code == 429
     monkeypatch.setattr(throttling, "clock", lambda: MOMENT + int(refused["Retry-After"]))
     assert login(api, user.username).status_code == 200
+
+
+@pytest.mark.redis
+def test_a_thread_counts_through_one_redis_client_until_the_cache_changes(settings, rates):
+    """Django's cache makes a Redis client object on every call; the counts keep one per thread."""
+    rates(quote="5/min")
+    cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": django_settings.CELERY_BROKER_URL}
+    settings.CACHES = {"default": {**cache, "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
+    first = throttling._redis_client("a")
+    assert throttling._redis_client("b") is first
+    who = f"user-{uuid.uuid4().hex}"
+    assert [throttling.hit("quote", who) is None for _ in range(6)] == [True] * 5 + [False]
+    settings.CACHES = {"default": {**cache, "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}  # a cache of its own again
+    assert throttling._redis_client("a") is not first
+    assert throttling.hit("quote", who) is None, "counted afresh in the new cache"

@@ -401,6 +401,11 @@ def test_a_quote_market_started_from_the_one_it_replaces_answers_as_a_fresh_one(
     prepared = QuoteMarket(moved_market, after, now=now, donor=donor)
     kept = [p for p, state in prepared._market.states.items() if donor._market.states.get(p) is state]
     event(f"pool states kept: {'some' if kept else 'none'}")
+    fresh = QuoteMarket(moved_market, after, now=now)
+    # what it took over of the kept pools' leases: when the market next changes, and the NCU each lease holds
+    assert prepared._next_change == fresh._next_change
+    assert prepared._market.lease_ncu == fresh._market.lease_ncu
+    assert prepared._market.usage == fresh._market.usage
     for job in queued:
         assert prepared.quote(job, now=now) == quote(job, moved_market, after, now=now)
         assert _checked(partial(prepared.check_submission, job, now=now)) == _checked(

@@ -182,7 +182,7 @@ class FieldsBuiltOnce:
     The copies are bound to a weak proxy of the serializer (a list field's
     child to one of its field): DRF binds them to the serializer itself,
     and the serializer holds them, a reference cycle that only the garbage
-    collector frees. A request left some 130 objects so, and at 200 requests a
+    collector frees. A quote left about 105 objects so, and at 200 requests a
     second the collections to find them paused a process for 15 ms about
     once a second. Now the serializer and its fields go as soon as the view
     drops it. A field asks its parent what it needs while the serializer

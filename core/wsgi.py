@@ -5,7 +5,7 @@ holds the view (its parser context) and the view holds it back, a view that
 answers GET holds its own ``get`` method as ``head``, the response holds its
 renderer context, which holds the response, the view and DRF's request;
 Django's request is held by its own lazy user and message storage.
-Reference counting cannot free a cycle, so every request left some 70
+Reference counting cannot free a cycle, so a quote left about 100 more
 objects for the garbage collector, and at 200 requests a second the young
 collections that found them paused a process for about 15 ms every second
 (see :mod:`core.heap`). Once the server has sent the response and closed it,

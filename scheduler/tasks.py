@@ -11,16 +11,18 @@ from scheduler import services
 
 @shared_task(**DURABLE)
 def run_scheduling_cycle(
-    hub: str | None = None, shard: list[int] | None = None, not_before: float | None = None
+    hub: str | None = None, shard: list[int] | None = None, not_before: float | None = None, kick: str | None = None
 ) -> dict[str, float | int]:
     """Run one scheduling cycle (all hubs, or one hub's shard; ``shard=[i, n]``:
     worker i of n, which writes its buyers' part of the plan of the whole
     queue). ``not_before``: a whole-market cycle a submission asked for waits
-    until then (at most ``CX_CYCLE_MIN_GAP_SECONDS``), then takes the queue.
+    until then (at most ``CX_CYCLE_MIN_GAP_SECONDS``), then takes the queue;
+    ``kick``: the mark the submission set, cleared as it starts (see
+    :func:`~scheduler.services.cycle_started`).
     Idempotent: a cycle only places jobs that are still queued."""
     if hub is None and shard is None:
         services.cycle_wait(not_before)
-        services.cycle_started()
+        services.cycle_started(kick)
     report = services.cycle_run(hub=hub, shard=None if shard is None else (int(shard[0]), int(shard[1])))
     return {
         "queued": report.queued,

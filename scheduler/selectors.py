@@ -307,14 +307,7 @@ def _snapshot_leases_moved(snapshot: _Snapshot, *, now: datetime, fingerprint: t
     moved = [pk for pk, generation in generations.items() if snapshot.generations.get(pk) != generation]
     leases = {pk: held for pk, held in snapshot.leases.items() if pk in generations}
     known = {lease.lease_id: lease for pk in moved for lease in snapshot.leases.get(pk, ())}
-    holding: dict[int, list[int]] = {pk: [] for pk in moved}
-    for offer_id, lease_id in holding_leases(moved, after=now).order_by("id").values_list("offer_id", "id"):
-        holding[offer_id].append(lease_id)
-    unseen = [lease_id for ids in holding.values() for lease_id in ids if str(lease_id) not in known]
-    for held in _leases_by_offer((), now=now, lease_ids=unseen).values():
-        known.update((lease.lease_id, lease) for lease in held)
-    for pk, ids in holding.items():
-        leases[pk] = [known[str(lease_id)] for lease_id in ids]
+    leases.update(_holding_leases_reading(moved, now=now, known=known))
     inputs = _inputs_from(snapshot.offers, leases, now=now, prices_at=snapshot.inputs, moved=set(moved))
     return replace(
         snapshot,
@@ -436,7 +429,7 @@ def engine_inputs(
     return _inputs_from(offers, _holding_leases_of([o.pk for o in offers.rows], now=now), now=now)
 
 
-_lease_rows: dict[int, engine.Lease] = {}  # lease id -> its engine Lease, as this process read it (PostgreSQL)
+_lease_rows: dict[str, engine.Lease] = {}  # lease id -> its engine Lease, as this process read it (PostgreSQL)
 
 
 def _holding_leases_of(offer_ids: list[int], *, now: datetime) -> dict[int, list[engine.Lease]]:
@@ -454,22 +447,27 @@ def _holding_leases_of(offer_ids: list[int], *, now: datetime) -> dict[int, list
     global _lease_rows
     if connection.vendor != "postgresql":
         return _leases_by_offer(offer_ids, now=now)
+    known = dict(_lease_rows)
+    by_offer = _holding_leases_reading(offer_ids, now=now, known=known)
+    _lease_rows = {pk: lease for pk, lease in known.items() if lease.end > now}  # those ended hold nothing again
+    return by_offer
+
+
+def _holding_leases_reading(
+    offer_ids: list[int], *, now: datetime, known: dict[str, engine.Lease]
+) -> dict[int, list[engine.Lease]]:
+    """The holding leases of these offers, by offer id, in id order: their ids
+    read afresh, their rows taken from ``known`` (engine Leases by lease id),
+    and only the rows of those not there read, and added to it. A lease that
+    stops holding between the two statements is left out."""
     holding = list(holding_leases(offer_ids, after=now).order_by("id").values_list("offer_id", "id"))
-    known = _lease_rows
-    unseen = [pk for _offer, pk in holding if pk not in known]
-    fresh = {
-        int(lease.lease_id): lease
-        for held in _leases_by_offer((), now=now, lease_ids=unseen).values()
-        for lease in held
-    }
+    unseen = [pk for _offer, pk in holding if str(pk) not in known]
+    for held in _leases_by_offer((), now=now, lease_ids=unseen).values():
+        known.update((lease.lease_id, lease) for lease in held)
     by_offer: dict[int, list[engine.Lease]] = {pk: [] for pk in offer_ids}
     for offer_id, pk in holding:
-        lease = known[pk] if pk in known else fresh.get(pk)
-        if lease is not None:
-            by_offer[offer_id].append(lease)
-    kept = {pk: lease for pk, lease in known.items() if lease.end > now}  # those ended hold nothing again
-    kept.update(fresh)
-    _lease_rows = kept
+        if str(pk) in known:
+            by_offer[offer_id].append(known[str(pk)])
     return by_offer
 
 
